@@ -1,0 +1,484 @@
+"""IMDB sentiment data: fetch the archive, tokenise, cache the ids, and serve packed-ready batches.
+
+Data flows one way: source (download | archive | folder) -> aclImdb/ folder -> reviews ->
+token ids cached on disk -> datasets -> length-bucketed, dynamically padded batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+SPLIT_DIRS = ("train/pos", "train/neg", "test/pos", "test/neg")
+TRUNCATE_CHOICES = ("head", "tail")
+TOKENIZER_VERSION = 1  # bump when tokenise() changes, so cached ids are rebuilt
+
+_TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[!?]")
+
+
+class DataError(RuntimeError):
+    """A problem with the data source that the user can fix (path, network, archive, layout)."""
+
+
+def tokenise(text: str) -> list[str]:
+    """Lowercase words (keeping inner apostrophes) plus ! and ?, with IMDB's <br /> tags removed."""
+    return _TOKEN_RE.findall(text.replace("<br />", " ").lower())
+
+
+def encode(text: str, stoi: dict[str, int]) -> np.ndarray:
+    """Token ids of one text; unknown words map to <unk>, an empty text to a single <unk>."""
+    ids = [stoi.get(token, UNK_ID) for token in tokenise(text)]
+    return np.asarray(ids or [UNK_ID], dtype=np.int32)
+
+
+def truncate_ids(ids: np.ndarray, max_len: int, truncate: str) -> np.ndarray:
+    """Cut a sequence to max_len tokens. truncate=head drops the beginning (keeps the last tokens,
+    like Keras truncating='pre'); truncate=tail drops the end (keeps the first tokens)."""
+    if len(ids) <= max_len:
+        return ids
+    return ids[-max_len:] if truncate == "head" else ids[:max_len]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: download, archive, folder
+
+
+def default_cache_dir() -> Path:
+    """$STACKED_RNN_CACHE, else $XDG_CACHE_HOME/stacked_rnn, else ~/.cache/stacked_rnn."""
+    if os.environ.get("STACKED_RNN_CACHE"):
+        return Path(os.environ["STACKED_RNN_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "stacked_rnn"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None, progress: bool = True) -> Path:
+    """Download url to dest with a progress bar, resuming a partial file when the server allows.
+
+    Bytes go to dest + '.part' and are renamed into place only after the checksum matches, so a
+    half or bad file never sits where a good one is expected.
+    """
+    from tqdm.auto import tqdm
+
+    if dest.exists() and (sha256 is None or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as err:
+        if err.code == 416:  # asked past the end: the partial file is stale, start over
+            part.unlink()
+            return download(url, dest, sha256, progress)
+        raise DataError(f"download of {url} failed: HTTP {err.code} {err.reason}. {HOW_TO_PROVIDE}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(f"cannot download {url}: {getattr(err, 'reason', err)}. {HOW_TO_PROVIDE}") from err
+    with response:
+        resumed = have > 0 and response.status == 206
+        if not resumed:
+            have = 0
+        total = response.length + have if response.length is not None else None
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
+        ) as bar:
+            try:
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+            except OSError as err:
+                raise DataError(f"download of {url} broke off ({err}); run again to resume") from err
+    if sha256 is not None and (actual := sha256_of(part)) != sha256:
+        part.unlink()
+        raise DataError(
+            f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; the bad file was deleted. "
+            f"Run again to re-download, or set data.sha256 if you serve a different archive."
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def _is_review(name: str) -> bool:
+    """Only aclImdb/{train,test}/{pos,neg}/*.txt are extracted (not unsup/ nor the .feat files)."""
+    parts = name.split("/")
+    return len(parts) == 4 and parts[0] == "aclImdb" and "/".join(parts[1:3]) in SPLIT_DIRS and name.endswith(".txt")
+
+
+def safe_extract(archive: Path, target: Path) -> Path:
+    """Extract the labelled reviews of an aclImdb .tar.gz into target/aclImdb and return that folder.
+
+    Uses tarfile's 'data' filter, which refuses absolute paths, '..' and links that leave target.
+    Extraction goes to a temporary folder renamed into place, so an interrupted run leaves nothing
+    half-written behind.
+    """
+    done = target / "aclImdb"
+    if done.is_dir():
+        return done
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target, prefix=".extract-"))
+
+    def keep_reviews(member: tarfile.TarInfo, path: str):
+        if member.name.startswith("/") or ".." in member.name.split("/"):  # the data filter would only strip "/"
+            raise tarfile.OutsideDestinationError(member, path)
+        member = tarfile.data_filter(member, path)  # raises on links and devices that would escape `path`
+        return member if _is_review(member.name) else None
+
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(tmp, filter=keep_reviews)
+        check_layout(tmp / "aclImdb", what=f"archive {archive}")
+        os.replace(tmp / "aclImdb", done)
+    except tarfile.FilterError as err:
+        raise DataError(f"refusing to extract {archive}: unsafe member {err.tarinfo.name!r} ({err})") from err
+    except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
+        if isinstance(err, FileNotFoundError) and not archive.exists():
+            raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
+        raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({err})") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
+def check_layout(folder: Path, what: str) -> None:
+    missing = [d for d in SPLIT_DIRS if not (folder / d).is_dir() or not any((folder / d).glob("*.txt"))]
+    if missing:
+        raise DataError(
+            f"{what} does not have the aclImdb layout: missing or empty {', '.join('aclImdb/' + m for m in missing)}. "
+            "Expected aclImdb/{train,test}/{pos,neg}/*.txt as in the official archive."
+        )
+
+
+HOW_TO_PROVIDE = (
+    "Provide IMDB yourself with data.archive=PATH/TO/aclImdb_v1.tar.gz (any .tar.gz in the aclImdb/ layout) "
+    "or data.root=DIR (a folder holding an extracted aclImdb/)."
+)
+
+
+def resolve_source(root, archive, url, sha256, cache_dir: Path, progress: bool = True):
+    """Where the reviews come from. Returns (locate, source_id): locate() yields the aclImdb folder,
+    fetching or extracting only when called (a warm token cache never calls it); source_id
+    identifies the contents for the cache key."""
+    if root is not None:
+        folder = Path(root).expanduser().resolve()
+        folder = folder / "aclImdb" if (folder / "aclImdb").is_dir() else folder
+        if not folder.is_dir():
+            raise DataError(f"data.root={root} is not a folder. {HOW_TO_PROVIDE}")
+        check_layout(folder, what=f"data.root={root}")
+        stamp = [(folder / d).stat().st_mtime_ns for d in SPLIT_DIRS]
+        return (lambda: folder), f"root:{folder}:{stamp}"
+    if archive is not None:
+        path = Path(archive).expanduser().resolve()
+        if not path.is_file():
+            raise DataError(f"data.archive={archive} does not exist. {HOW_TO_PROVIDE}")
+        stat = path.stat()
+        source_id = f"archive:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        target = cache_dir / "extracted" / hashlib.sha256(source_id.encode()).hexdigest()[:16]
+        return (lambda: safe_extract(path, target)), source_id
+    dest = cache_dir / "downloads" / Path(url).name
+    target = cache_dir / "extracted" / hashlib.sha256(f"{url}:{sha256}".encode()).hexdigest()[:16]
+    return (lambda: safe_extract(download(url, dest, sha256, progress), target)), f"url:{url}:{sha256}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits, vocabulary and the token cache
+
+
+def list_reviews(folder) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """Files and labels (1 = positive) of the official train and test sets, in a fixed order."""
+    out = {}
+    for split in ("train", "test"):
+        files, labels = [], []
+        for label, sentiment in ((1, "pos"), (0, "neg")):
+            found = sorted((folder / split / sentiment).glob("*.txt"))
+            files += found
+            labels += [label] * len(found)
+        out[split] = (files, np.asarray(labels, dtype=np.int8))
+    return out
+
+
+def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most n items, split evenly between the two classes (sorted, seeded)."""
+    picks = [rng.permutation(np.flatnonzero(labels == c))[: n // 2 + (c == 1) * (n % 2)] for c in (0, 1)]
+    return np.sort(np.concatenate(picks))
+
+
+def split_indices(train_labels, test_labels, val_size: int, limit: int | None, seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded validation split carved from the official train set; then at most
+    `limit` reviews per split, balanced. The test set is always the official test set."""
+    if not 0 < val_size < len(train_labels):
+        raise DataError(f"data.val_size={val_size} must be between 1 and {len(train_labels) - 1} (the train set size - 1)")
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in (0, 1):
+        members = rng.permutation(np.flatnonzero(train_labels == c))
+        val.append(members[: round(val_size * len(members) / len(train_labels))])
+    val = np.sort(np.concatenate(val))
+    train = np.setdiff1d(np.arange(len(train_labels)), val)
+    test = np.arange(len(test_labels))
+    splits = {"train": train, "val": val, "test": test}
+    if limit is not None:
+        labels = {"train": train_labels, "val": train_labels, "test": test_labels}
+        splits = {k: idx[balanced_subset(labels[k][idx], limit, rng)] for k, idx in splits.items()}
+    return splits
+
+
+def read_text(path: Path) -> str:
+    """A review's text; invalid UTF-8 bytes become U+FFFD instead of failing."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def build_vocab(token_lists, vocab_size: int) -> list[str]:
+    """<pad>, <unk>, then the most frequent tokens (ties in first-seen order)."""
+    counts = Counter()
+    for tokens in token_lists:
+        counts.update(tokens)
+    return [PAD, UNK] + [w for w, _ in counts.most_common(vocab_size - 2)]
+
+
+def to_flat(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged int arrays -> (flat ids, offsets) so they store and load without pickle."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    return (np.concatenate(arrays) if arrays else np.zeros(0, np.int32)).astype(np.int32), offsets
+
+
+def from_flat(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def prepare_token_cache(locate, source_id: str, cache_dir: Path, vocab_size: int, val_size: int,
+                        limit: int | None, seed: int) -> Path:
+    """Tokenise the reviews once and store ids, labels and vocabulary as one .npz in the cache.
+
+    The file name hashes everything that changes the ids, so a changed setting makes a new file
+    and an unchanged one is read back in well under a second.
+    """
+    key = dict(source=source_id, vocab_size=vocab_size, val_size=val_size, limit=limit, seed=seed,
+               tokenizer=TOKENIZER_VERSION)
+    path = cache_dir / "tokens" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".npz")
+    if path.exists():
+        return path
+    reviews = list_reviews(locate())
+    splits = split_indices(reviews["train"][1], reviews["test"][1], val_size, limit, seed)
+    tokens, labels = {}, {}
+    for split, indices in splits.items():
+        files, all_labels = reviews["test" if split == "test" else "train"]
+        tokens[split] = [tokenise(read_text(files[i])) for i in indices]
+        labels[split] = all_labels[indices]
+    vocab = build_vocab(tokens["train"], vocab_size)  # training split only: no leakage from val/test
+    stoi = {w: i for i, w in enumerate(vocab)}
+    arrays = {"vocab": np.asarray(vocab), "key": np.asarray(json.dumps(key, sort_keys=True))}
+    for split in splits:
+        ids = [np.asarray([stoi.get(t, UNK_ID) for t in toks] or [UNK_ID], dtype=np.int32) for toks in tokens[split]]
+        arrays[f"{split}_ids"], arrays[f"{split}_offsets"] = to_flat(ids)
+        arrays[f"{split}_labels"] = labels[split]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, path)
+    return path
+
+
+def load_token_cache(path: Path) -> dict | None:
+    """The cached arrays, or None (and the file removed) when it is unreadable or inconsistent."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        for split in ("train", "val", "test"):
+            offsets = data[f"{split}_offsets"]
+            if offsets[-1] != len(data[f"{split}_ids"]) or len(offsets) != len(data[f"{split}_labels"]) + 1:
+                raise ValueError(f"{split} arrays disagree")
+            if len(data[f"{split}_ids"]) and (data[f"{split}_ids"].max() >= len(data["vocab"]) or data[f"{split}_ids"].min() < 0):
+                raise ValueError(f"{split} ids out of vocabulary range")
+        return data
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        import warnings
+
+        warnings.warn(f"token cache {path} is corrupt ({err}); rebuilding it")
+        path.unlink(missing_ok=True)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and batching
+
+
+class ReviewDataset(Dataset):
+    """Token-id sequences (already truncated) with 0/1 labels."""
+
+    def __init__(self, sequences: list[np.ndarray], labels: np.ndarray):
+        self.sequences, self.labels = sequences, labels
+        self.lengths = np.asarray([len(s) for s in sequences])
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def __getitem__(self, i):
+        return self.sequences[i], self.labels[i]
+
+
+def collate(batch, pad_to: int | None = None):
+    """Right-pad a batch to its own longest review (or to pad_to). Returns
+    ids (B, T) int64, lengths (B,) int64 on CPU as pack_padded_sequence wants, labels (B,) float32."""
+    lengths = torch.tensor([len(ids) for ids, _ in batch], dtype=torch.int64)
+    width = pad_to or int(lengths.max())
+    padded = np.full((len(batch), width), PAD_ID, dtype=np.int64)  # (B, T)
+    for row, (ids, _) in enumerate(batch):
+        padded[row, : len(ids)] = ids
+    labels = torch.tensor(np.asarray([y for _, y in batch]), dtype=torch.float32)
+    return torch.from_numpy(padded), lengths, labels
+
+
+class BucketSampler(Sampler[int]):
+    """Yields indices so that consecutive batch_size-sized runs have similar lengths (less padding,
+    shorter packed steps), while the batch order stays random. Seeded per epoch for reproducibility."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 50):
+        self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool_batches * batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        pools = [order[i : i + self.pool] for i in range(0, len(order), self.pool)]
+        batches = []
+        for pool in pools:
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield from batches[b].tolist()
+
+
+class IMDBDataModule(L.LightningDataModule):
+    """IMDB reviews as token ids: official train minus a stratified validation split, and the official test set."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        archive: str | None = None,
+        url: str = IMDB_URL,
+        sha256: str | None = IMDB_SHA256,
+        cache_dir: str | None = None,
+        vocab_size: int = 20000,
+        max_len: int = 256,
+        truncate: str = "tail",
+        val_size: int = 2500,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        bucket: bool = True,
+        fixed_length: bool = False,
+        pin_memory: bool | None = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if truncate not in TRUNCATE_CHOICES:
+            raise DataError(f"data.truncate={truncate!r} is not one of {TRUNCATE_CHOICES}")
+        self.source_args = (root, archive, url, sha256)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.vocab_size, self.max_len, self.truncate = vocab_size, max_len, truncate
+        self.val_size, self.limit, self.seed = val_size, limit, seed
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.bucket, self.fixed_length, self.progress = bucket, fixed_length, progress
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.cache_path: Path | None = None
+        self.vocab: list[str] | None = None
+        self.datasets: dict[str, ReviewDataset] = {}
+        self.prepare_seconds = 0.0
+
+    def prepare_data(self) -> None:
+        """Fetch, extract and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
+        if self.cache_path is not None:
+            return
+        start = time.perf_counter()
+        locate, source_id = resolve_source(*self.source_args, cache_dir=self.cache_dir, progress=self.progress)
+        self.cache_path = prepare_token_cache(locate, source_id, self.cache_dir, self.vocab_size, self.val_size,
+                                              self.limit, self.seed)
+        self.prepare_seconds = time.perf_counter() - start
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data()  # other ranks: the cache file is already there, this only finds it
+        data = load_token_cache(self.cache_path)
+        if data is None:  # corrupt cache: it was removed, so build it again
+            self.cache_path = None
+            self.prepare_data()
+            data = load_token_cache(self.cache_path)
+        self.vocab = data["vocab"].tolist()
+        for split in ("train", "val", "test"):
+            seqs = [truncate_ids(s, self.max_len, self.truncate)
+                    for s in from_flat(data[f"{split}_ids"], data[f"{split}_offsets"])]
+            self.datasets[split] = ReviewDataset(seqs, data[f"{split}_labels"])
+
+    @property
+    def num_tokens(self) -> int:
+        """Size of the embedding table the model needs (may be < vocab_size on small data)."""
+        return len(self.vocab)
+
+    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = BucketSampler(ds.lengths, batch_size, self.seed) if train and self.bucket else None
+        if not train:  # evaluation order does not matter: sort by length for the least padding
+            sampler = np.argsort(ds.lengths, kind="stable").tolist() if self.bucket else None
+        pad_to = self.max_len if self.fixed_length else None
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=train and sampler is None,
+            collate_fn=functools.partial(collate, pad_to=pad_to),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", self.eval_batch_size, train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.eval_batch_size, train=False)
+
+    def state_dict(self) -> dict:
+        """Stored in every checkpoint: what predict needs to turn text into the same ids (plain types only)."""
+        return {"vocab": list(self.vocab or []), "max_len": self.max_len, "truncate": self.truncate}

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny aclImdb-layout archives with a learnable sentiment signal, and config composition."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+POSITIVE = ["great", "wonderful", "loved", "superb", "brilliant"]
+NEGATIVE = ["awful", "boring", "hated", "terrible", "dull"]
+FILLER = [f"word{i}" for i in range(40)]
+
+
+def make_review(rng: random.Random, positive: bool) -> str:
+    """Filler words with two or three sentiment words mixed in, and IMDB's <br /> tags."""
+    words = rng.choices(FILLER, k=rng.randint(4, 24)) + rng.choices(POSITIVE if positive else NEGATIVE, k=rng.randint(2, 3))
+    rng.shuffle(words)
+    return " ".join(words[:5]) + " <br /><br /> " + " ".join(words[5:]) + "."
+
+
+def write_imdb_archive(path: Path, per_class: int = 60, seed: int = 0, extra_members: list | None = None) -> Path:
+    """A .tar.gz in the official aclImdb/ layout: {train,test}/{pos,neg}/<id>_<rating>.txt."""
+    rng = random.Random(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for sentiment in ("pos", "neg"):
+                for i in range(per_class):
+                    text = make_review(rng, sentiment == "pos")
+                    if split == "test" and sentiment == "pos" and i == 0:
+                        text += " onlyintest"  # a word the vocabulary must never see
+                    data = text.encode()
+                    info = tarfile.TarInfo(f"aclImdb/{split}/{sentiment}/{i}_{8 if sentiment == 'pos' else 2}.txt")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        for info, data in extra_members or []:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory) -> Path:
+    return write_imdb_archive(tmp_path_factory.mktemp("imdb") / "aclImdb_tiny.tar.gz")
+
+
+def tiny_overrides(archive: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides for a seconds-long run on the tiny archive."""
+    return [
+        f"data.archive={archive}", f"data.cache_dir={cache}", f"output_dir={out}",
+        "data.val_size=20", "data.batch_size=8", "data.vocab_size=100", "data.max_len=32",
+        "model.units=16", "model.embed_dim=16", "model.embed_dropout=0.0", "trainer.max_epochs=2",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "trainer.log_every_n_steps=1", *extra,
+    ]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
+        return compose("train", overrides=overrides)

@@ -1,0 +1,118 @@
+"""Data: tokenising, splits without leakage, the token cache, truncation and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stacked_rnn import data
+from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, split_indices, tokenise, truncate_ids
+
+
+def make_dm(archive, cache, **kw) -> IMDBDataModule:
+    kw = dict(archive=str(archive), cache_dir=str(cache), val_size=20, vocab_size=100, max_len=32, batch_size=16) | kw
+    dm = IMDBDataModule(**kw)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_tokenise_strips_breaks_lowercases_and_keeps_apostrophes():
+    assert tokenise("I DIDN'T like it.<br /><br />Awful!") == ["i", "didn't", "like", "it", "awful", "!"]
+    assert tokenise("Café crème — ok?") == ["café", "crème", "ok", "?"]
+    assert tokenise("") == []
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    train_labels = np.array([1] * 600 + [0] * 400, dtype=np.int8)
+    test_labels = np.array([1, 0] * 50, dtype=np.int8)
+    splits = split_indices(train_labels, test_labels, val_size=100, limit=None, seed=3)
+    assert len(splits["val"]) == 100 and len(splits["train"]) == 900
+    assert train_labels[splits["val"]].mean() == pytest.approx(0.6)  # same class balance as the train set
+    assert not set(splits["train"]) & set(splits["val"])
+    assert np.array_equal(splits["test"], np.arange(100))
+    again = split_indices(train_labels, test_labels, val_size=100, limit=None, seed=3)
+    assert np.array_equal(again["val"], splits["val"])
+    other = split_indices(train_labels, test_labels, val_size=100, limit=None, seed=4)
+    assert not np.array_equal(other["val"], splits["val"])
+
+
+def test_limit_gives_balanced_splits():
+    labels = np.array([1] * 500 + [0] * 500, dtype=np.int8)
+    splits = split_indices(labels, labels, val_size=200, limit=50, seed=0)
+    for name, idx in splits.items():
+        assert len(idx) == 50, name
+        assert labels[idx].sum() == 25, name
+    assert not set(splits["train"]) & set(splits["val"])
+
+
+def test_datamodule_splits_vocab_and_no_leakage(tiny_archive, tmp_path):
+    dm = make_dm(tiny_archive, tmp_path)
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert sizes == {"train": 100, "val": 20, "test": 120}
+    assert dm.vocab[:2] == ["<pad>", "<unk>"] and "br" not in dm.vocab
+    assert "onlyintest" not in dm.vocab  # vocabulary comes from the training split only
+    assert dm.datasets["val"].labels.mean() == 0.5
+    train_texts = {tuple(s) for s in dm.datasets["train"].sequences}
+    assert all(len(s) <= 32 for s in dm.datasets["train"].sequences)
+    assert len(train_texts) > 90  # real, varied reviews were read
+
+
+def test_vocab_size_caps_the_vocabulary(tiny_archive, tmp_path):
+    dm = make_dm(tiny_archive, tmp_path, vocab_size=10)
+    assert len(dm.vocab) == 10
+    ids = np.concatenate(dm.datasets["train"].sequences)
+    assert ids.max() == 9 and (ids == data.UNK_ID).any()
+
+
+def test_truncate_head_keeps_the_end_and_tail_keeps_the_start():
+    ids = np.arange(10)
+    assert truncate_ids(ids, 4, "head").tolist() == [6, 7, 8, 9]
+    assert truncate_ids(ids, 4, "tail").tolist() == [0, 1, 2, 3]
+    assert truncate_ids(ids[:3], 4, "head").tolist() == [0, 1, 2]
+
+
+def test_second_run_reads_the_token_cache(tiny_archive, tmp_path, monkeypatch):
+    first = make_dm(tiny_archive, tmp_path)
+    monkeypatch.setattr(data, "tokenise", lambda text: pytest.fail("warm run must not tokenise"))
+    second = make_dm(tiny_archive, tmp_path)
+    assert second.cache_path == first.cache_path
+    assert second.vocab == first.vocab
+    for split in ("train", "val", "test"):
+        assert all(np.array_equal(a, b) for a, b in zip(first.datasets[split].sequences, second.datasets[split].sequences))
+    # a setting that changes the ids gets its own cache entry
+    monkeypatch.undo()
+    assert make_dm(tiny_archive, tmp_path, vocab_size=50).cache_path != first.cache_path
+
+
+def test_collate_pads_dynamically_and_keeps_true_lengths():
+    batch = [(np.array([5, 6, 7], dtype=np.int32), 1), (np.array([8], dtype=np.int32), 0)]
+    ids, lengths, labels = collate(batch)
+    assert ids.shape == (2, 3) and ids.dtype == torch.int64
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert lengths.tolist() == [3, 1] and labels.tolist() == [1.0, 0.0]
+    assert collate(batch, pad_to=8)[0].shape == (2, 8)
+
+
+def test_bucket_sampler_is_a_seeded_permutation_of_similar_length_batches():
+    lengths = np.random.default_rng(0).integers(1, 500, size=1000)
+    sampler = BucketSampler(lengths, batch_size=20, seed=1)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[order[i : i + 20]]) for i in range(0, 1000, 20)])
+    assert spread < 50  # random batches would spread over ~450
+    assert list(BucketSampler(lengths, 20, seed=1)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+
+
+def test_train_loader_batches_cover_the_training_set(tiny_archive, tmp_path):
+    dm = make_dm(tiny_archive, tmp_path)
+    seen = 0
+    for ids, lengths, labels in dm.train_dataloader():
+        assert ids.shape[0] == lengths.shape[0] == labels.shape[0]
+        assert ids.shape[1] == lengths.max()
+        assert (ids[torch.arange(len(ids)), lengths - 1] != 0).all()  # last real token is never padding
+        seen += len(ids)
+    assert seen == 100

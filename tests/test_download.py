@@ -1,0 +1,116 @@
+"""The default source: download over HTTP (a local server), checksum, safe extraction, clear errors."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+
+import pytest
+
+from conftest import write_imdb_archive
+from stacked_rnn.data import DataError, IMDBDataModule, download, safe_extract
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A tiny archive served by http.server on 127.0.0.1; yields (url, sha256)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    archive = write_imdb_archive(root / "aclImdb_v1.tar.gz", per_class=30)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/aclImdb_v1.tar.gz", hashlib.sha256(archive.read_bytes()).hexdigest()
+    server.shutdown()
+
+
+def test_default_source_downloads_verifies_and_extracts(served, tmp_path):
+    url, sha = served
+    dm = IMDBDataModule(url=url, sha256=sha, cache_dir=str(tmp_path / "cache"), val_size=10, progress=False)
+    dm.prepare_data()
+    dm.setup()
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 50, "val": 10, "test": 60}
+    downloaded = tmp_path / "cache" / "downloads" / "aclImdb_v1.tar.gz"
+    assert downloaded.is_file() and not downloaded.with_name("aclImdb_v1.tar.gz.part").exists()
+    extracted = list((tmp_path / "cache" / "extracted").glob("*/aclImdb/train/pos/*.txt"))
+    assert len(extracted) == 30
+
+
+def test_checksum_mismatch_is_a_clear_error_and_leaves_no_file(served, tmp_path):
+    url, _ = served
+    dest = tmp_path / "dl" / "aclImdb_v1.tar.gz"
+    with pytest.raises(DataError, match="checksum mismatch.*expected sha256 0000"):
+        download(url, dest, sha256="0" * 64, progress=False)
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+def test_stale_partial_file_is_replaced(served, tmp_path):
+    url, sha = served
+    dest = tmp_path / "aclImdb_v1.tar.gz"
+    dest.with_name(dest.name + ".part").write_bytes(b"garbage from an interrupted run")
+    download(url, dest, sha256=sha, progress=False)  # http.server ignores Range: the download restarts
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha
+
+
+def test_unreachable_host_says_how_to_provide_the_data(tmp_path):
+    dm = IMDBDataModule(url="http://127.0.0.1:9/aclImdb_v1.tar.gz", cache_dir=str(tmp_path), progress=False)
+    with pytest.raises(DataError, match=r"cannot download .*data\.archive=.*data\.root="):
+        dm.prepare_data()
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/abs/escape.txt", "aclImdb/../../escape.txt"])
+def test_members_escaping_the_target_are_refused(tmp_path, name):
+    info = tarfile.TarInfo(name)
+    info.size = 3
+    archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(info, b"bad")])
+    with pytest.raises(DataError, match="refusing to extract.*unsafe member"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "aclImdb").exists()
+
+
+def test_link_pointing_outside_is_refused(tmp_path):
+    link = tarfile.TarInfo("aclImdb/train/pos/link.txt")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(link, None)])
+    with pytest.raises(DataError, match="unsafe member"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):
+    good = write_imdb_archive(tmp_path / "good.tar.gz", per_class=20).read_bytes()
+    (tmp_path / "truncated.tar.gz").write_bytes(good[: len(good) // 2])
+    (tmp_path / "noise.tar.gz").write_bytes(b"this is not a gzip file" * 10)
+    for name in ("truncated.tar.gz", "noise.tar.gz"):
+        with pytest.raises(DataError, match="corrupt or truncated"):
+            safe_extract(tmp_path / name, tmp_path / f"out-{name}")
+
+
+def test_archive_without_the_layout_is_rejected(tmp_path):
+    archive = tmp_path / "other.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("reviews/train/pos/1_9.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"good"))
+    with pytest.raises(DataError, match="does not have the aclImdb layout"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_local_folder_source(tiny_archive, tmp_path):
+    folder = safe_extract(tiny_archive, tmp_path / "x")
+    dm = IMDBDataModule(root=str(folder.parent), cache_dir=str(tmp_path / "cache"), val_size=20)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.datasets["test"]) == 120
+
+
+def test_missing_sources_are_named(tmp_path):
+    with pytest.raises(DataError, match="data.archive=.*nope.tar.gz does not exist"):
+        IMDBDataModule(archive=str(tmp_path / "nope.tar.gz"), cache_dir=str(tmp_path)).prepare_data()
+    with pytest.raises(DataError, match="data.root=.*is not a folder"):
+        IMDBDataModule(root=str(tmp_path / "nodir"), cache_dir=str(tmp_path)).prepare_data()

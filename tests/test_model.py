@@ -1,0 +1,80 @@
+"""StackedRNNClassifier: shapes for every cell, pooling and direction; the real "last" state; init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stacked_rnn.model import CELLS, POOLS, StackedRNNClassifier
+
+
+def batch(vocab: int = 50):
+    """Three right-padded reviews of lengths 7, 4 and 2."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, vocab, (3, 7), generator=g)
+    lengths = torch.tensor([7, 4, 2])
+    ids[1, 4:] = 0
+    ids[2, 2:] = 0
+    return ids, lengths
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_shapes_for_every_cell_pool_and_direction(cell, pool, bidirectional):
+    model = StackedRNNClassifier(50, cell=cell, layers=3, units=8, embed_dim=6, pool=pool, bidirectional=bidirectional)
+    assert isinstance(model.rnn, getattr(torch.nn, cell.upper())) and model.rnn.num_layers == 3
+    ids, lengths = batch()
+    assert model.encode(ids, lengths).shape == (3, 16 if bidirectional else 8)
+    logits = model(ids, lengths)
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_never_changes_a_review_s_features(cell, pool, bidirectional):
+    """A padded batch gives each review exactly the features it gets alone: "last" is the real last token."""
+    torch.manual_seed(0)
+    model = StackedRNNClassifier(50, cell=cell, layers=2, units=8, embed_dim=6, pool=pool,
+                                 bidirectional=bidirectional, dropout=0.0, head_dropout=0.0).eval()
+    ids, lengths = batch()
+    for pack in ("auto", "always"):
+        model.hparams.pack = pack
+        together = model.encode(ids, lengths)
+        alone = torch.cat([model.encode(ids[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)
+
+
+def test_last_pool_reads_the_top_layer_final_state():
+    torch.manual_seed(0)
+    model = StackedRNNClassifier(50, cell="gru", layers=2, units=8, embed_dim=6, pool="last").eval()
+    ids, lengths = batch()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(model.embedding(ids), lengths, batch_first=True,
+                                                     enforce_sorted=False)
+    _, h_n = model.rnn(packed)  # (layers, B, H): the fused module's own final states
+    torch.testing.assert_close(model.encode(ids, lengths), h_n[-1])
+
+
+def test_padded_cpu_path_is_used_only_where_it_is_exact():
+    ids, _ = batch()
+    assert not StackedRNNClassifier(50).use_packing(ids)
+    assert StackedRNNClassifier(50, bidirectional=True).use_packing(ids)
+    assert StackedRNNClassifier(50, pack="always").use_packing(ids)
+
+
+def test_keras_init_scales():
+    model = StackedRNNClassifier(1000, cell="lstm", layers=2, units=16, embed_dim=32, init="keras")
+    assert model.embedding.weight.abs().max() <= 0.05
+    w_hh = model.rnn.weight_hh_l0.detach()
+    for block in w_hh.chunk(4):  # each gate's recurrent block is orthogonal
+        torch.testing.assert_close(block @ block.T, torch.eye(16), atol=1e-5, rtol=0)
+    assert model.rnn.bias_ih_l0.detach().chunk(4)[1].eq(1).all()  # forget gate bias 1
+    assert model.rnn.bias_hh_l0.detach().eq(0).all()
+    default = StackedRNNClassifier(1000, init="torch")
+    assert default.embedding.weight.std() > 0.5  # PyTorch's N(0, 1) embeddings
+
+
+def test_dropout_only_between_layers():
+    assert StackedRNNClassifier(50, layers=1, dropout=0.5).rnn.dropout == 0.0
+    assert StackedRNNClassifier(50, layers=2, dropout=0.5).rnn.dropout == 0.5
