@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -83,6 +87,43 @@ class History(L.Callback):
                                 **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss") if k in metrics}})
 
 
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop at the first NaN/inf training loss (checked every `every` steps to avoid a host sync per step)."""
+
+    def __init__(self, every: int = 25):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx % self.every == 0 and not torch.isfinite(outputs["loss"]).item():
+            raise FloatingPointError(
+                f"training loss became {outputs['loss'].item()} at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}); try a lower model.lr or trainer.gradient_clip_val. The last good "
+                f"checkpoint is kept in {Path(trainer.default_root_dir) / 'checkpoints'}"
+            )
+
+
+def assign_device(job_num: int, gpu_count: int) -> list[int] | None:
+    """The device of sweep job `job_num`: GPU job_num mod G, or None (the CPU) when there is no GPU."""
+    return [job_num % gpu_count] if gpu_count > 0 else None
+
+
+def place_sweep_job(cfg: DictConfig) -> None:
+    """In a multirun, give each job its own GPU (trainer.devices=[i mod G], never CUDA_VISIBLE_DEVICES,
+    which joblib's reused workers would not see change) or, on CPU, its share of the cores."""
+    hydra_cfg = HydraConfig.get()
+    n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
+    parallel = (os.cpu_count() or 1) if n_jobs < 0 else min(n_jobs, os.cpu_count() or 1)
+    device = assign_device(hydra_cfg.job.num, torch.cuda.device_count()) if uses_cuda(cfg) else None
+    if device is not None and cfg.trainer.devices in (1, "1", "auto"):
+        cfg.trainer.devices = device
+    if parallel > 1 and not uses_cuda(cfg):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def uses_cuda(cfg: DictConfig) -> bool:
     accelerator = cfg.trainer.accelerator
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -90,14 +131,20 @@ def uses_cuda(cfg: DictConfig) -> bool:
 
 def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     """The Lightning Trainer from cfg.trainer, with cfg.callbacks and a TensorBoard logger in the run folder."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [History()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [History(), StopOnNonFiniteLoss()]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     logger = TensorBoardLogger(save_dir=str(output_dir), name="", version="", default_hp_metric=False)
     precision = cfg.trainer.precision
     if precision == "auto":
         precision = "bf16-mixed" if uses_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision,
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" and is_multirun():
+        # Lightning's ddp re-runs sys.argv in child processes: inside a multirun that would start the whole
+        # sweep again (Lightning #11300). Spawned workers inherit this job instead.
+        log.warning("trainer.strategy=ddp inside a multirun: using ddp_spawn so each job stays one job")
+        strategy = "ddp_spawn"
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, strategy=strategy,
                        default_root_dir=str(output_dir))
 
 
@@ -111,6 +158,8 @@ def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
 def run(cfg: DictConfig) -> dict:
     """Fit, test and record one configuration. Returns what it writes to results.json."""
     check_config(cfg)
+    if is_multirun():
+        place_sweep_job(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # vanishing BPTT gradients turn subnormal: ~15x slower on x86 without this
@@ -127,6 +176,8 @@ def run(cfg: DictConfig) -> dict:
     train_seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise KeyboardInterrupt
+    if not trainer.is_global_zero:  # DDP workers: rank 0 tests and records
+        return {}
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     epochs = trainer.current_epoch
@@ -153,6 +204,8 @@ def run(cfg: DictConfig) -> dict:
     }
     if test_acc is not None:
         log_hparams(trainer, model, results)
+    else:
+        results["best_checkpoint"] = checkpoint
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_summary(results, output_dir)
     return results
@@ -171,13 +224,36 @@ def print_summary(results: dict, output_dir: Path) -> None:
     )
 
 
+def record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """A sweep job that fails writes a results.json saying why, so the report lists it and the sweep goes on."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        config = OmegaConf.to_container(cfg, resolve=False)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    (output_dir / "results.json").write_text(json.dumps(
+        {"status": "failed", "reason": reason, "traceback": traceback.format_exc(), "config": config}, indent=2))
+    log.error(f"job {output_dir.name} failed: {reason}")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://stacked_rnn.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Single run: user mistakes exit with code 2 and a one-line message. Multirun: a failing job
+    (bad value, NaN, out of memory) is recorded as failed and the other jobs go on."""
     try:
-        return run(cfg)["test_acc"]
-    except (ConfigError, DataError) as err:
+        return run(cfg).get("test_acc")
+    except (ConfigError, DataError, FloatingPointError) as err:
+        if is_multirun():
+            record_failure(cfg, err)
+            return None
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if isinstance(err, FloatingPointError) else 2)
+    except Exception as err:
+        if not is_multirun():
+            raise
+        record_failure(cfg, err)
+        return None
 
 
 if __name__ == "__main__":

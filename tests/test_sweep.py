@@ -1,0 +1,126 @@
+"""Sweeps: multirun folders, parallel jobs, failures, device placement, TensorBoard hparams, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_config, tiny_overrides
+from stacked_rnn import report, short_job_name
+from stacked_rnn.train import HP_METRICS, assign_device
+
+
+def sweep(tmp_path, archive, *args):
+    """Run a multirun on the tiny archive; returns (process, sweep folder)."""
+    sweep_dir = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(archive, tmp_path / "cache", tmp_path / "unused")
+                 if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "stacked_rnn.train", "-m", *overrides, "trainer.max_epochs=1", "data.limit=40",
+           f"hydra.sweep.dir={sweep_dir}", *args]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return done, sweep_dir
+
+
+def test_assign_device_round_robin():
+    assert [assign_device(i, 2) for i in range(5)] == [[0], [1], [0], [1], [0]]
+    assert assign_device(3, 4) == [3] and assign_device(7, 1) == [0]
+    assert assign_device(0, 0) is None
+
+
+def test_short_job_names():
+    assert short_job_name("model.cell=gru,model.layers=3,model.units=128") == "cell=gru,layers=3,units=128"
+    assert short_job_name("") == "default"
+
+
+def test_parallel_2x2_sweep_with_a_failing_job_writes_the_report(tiny_archive, tmp_path):
+    done, sweep_dir = sweep(tmp_path, tiny_archive, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                            "model.cell=gru,lstm", "model.layers=1,2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / "results.json").exists())
+    assert jobs == ["cell=gru,layers=1", "cell=gru,layers=2", "cell=lstm,layers=1", "cell=lstm,layers=2"]
+    rows = list(csv.DictReader(open(sweep_dir / "report.csv")))
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert {(r["cell"], r["layers"]) for r in rows} == {("gru", "1"), ("gru", "2"), ("lstm", "1"), ("lstm", "2")}
+    for png in ("accuracy_vs_depth.png", "time_vs_depth.png"):
+        assert (sweep_dir / png).stat().st_size > 10_000
+    assert "| cell | layers |" in (sweep_dir / "report.md").read_text().replace("job | ", "")
+    assert list((sweep_dir / "report").glob("events.out.tfevents.*")), "report figures are logged to TensorBoard"
+
+    # every job logged the same hparams and hp/ metrics, as its own TensorBoard run
+    for job in jobs:
+        events = EventAccumulator(str(sweep_dir / job))
+        events.Reload()
+        assert set(HP_METRICS) <= set(events.Tags()["scalars"])
+        hparams_plugin = events.PluginTagToContent("hparams")
+        assert hparams_plugin, f"{job} has no hparams summary"
+
+
+def test_failing_job_does_not_stop_the_others(tiny_archive, tmp_path):
+    done, sweep_dir = sweep(tmp_path, tiny_archive, "model.cell=gru,bogus")
+    assert done.returncode == 0, done.stderr[-3000:]
+    good = json.loads((sweep_dir / "cell=gru" / "results.json").read_text())
+    bad = json.loads((sweep_dir / "cell=bogus" / "results.json").read_text())
+    assert good["status"] == "ok" and good["test_acc"] is not None
+    assert bad["status"] == "failed" and "model.cell='bogus'" in bad["reason"]
+    rows = {r["job"]: r for r in csv.DictReader(open(sweep_dir / "report.csv"))}
+    assert rows["cell=bogus"]["status"].startswith("failed: ConfigError: model.cell='bogus'")
+    assert rows["cell=gru"]["status"] == "ok"
+
+
+def test_report_marks_a_crashed_job(tmp_path):
+    crashed = tmp_path / "cell=rnn,layers=4" / ".hydra"
+    crashed.mkdir(parents=True)
+    (crashed / "config.yaml").write_text("model:\n  cell: rnn\n  layers: 4\n  units: 64\n")
+    finished = tmp_path / "cell=gru,layers=1"
+    finished.mkdir()
+    (finished / "results.json").write_text(json.dumps({
+        "status": "ok", "test_acc": 0.8, "best_val_acc": 0.81, "num_params": 1000, "seconds_per_epoch": 2.0,
+        "config": {"model": {"cell": "gru", "layers": 1, "units": 64}}}))
+    rows = report.write_report(tmp_path, tensorboard=False)
+    assert [r["status"][:6] for r in rows] == ["ok", "failed"]
+    assert "killed" in rows[1]["status"]
+    assert (tmp_path / "accuracy_vs_depth.png").exists()
+    assert report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_slurm_and_local_launchers_compose():
+    cfg = compose_config(["output_dir=/tmp/x", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert cfg is not None  # the hydra node is not returned by compose; compose with return_hydra_config
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
+        hydra_cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                                 "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)
+    launcher = hydra_cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == hydra_cfg.trainer.devices == 4
+    assert hydra_cfg.trainer.strategy == "ddp"
+
+
+def test_submitit_local_launcher_runs_a_job(tiny_archive, tmp_path):
+    done, sweep_dir = sweep(tmp_path, tiny_archive, "hydra/launcher=local", "model.layers=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((sweep_dir / "layers=1" / "results.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_matches_a_single_process(tiny_archive, tmp_path):
+    """Two gloo processes train one job; its accuracy matches a single process on the same task."""
+    accuracies = {}
+    for name, extra in {"single": [], "ddp": ["trainer=ddp", "trainer.devices=2"]}.items():
+        run_dir = tmp_path / name
+        cmd = [sys.executable, "-m", "stacked_rnn.train",
+               *tiny_overrides(tiny_archive, tmp_path / "cache", run_dir, "trainer.max_epochs=6", "model.lr=1e-2"),
+               *extra]
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        accuracies[name] = json.loads((run_dir / "results.json").read_text())["test_acc"]
+        assert not list(Path(tmp_path).glob("outputs")), "DDP workers must not create stray Hydra folders"
+    assert accuracies["single"] > 0.8
+    assert abs(accuracies["ddp"] - accuracies["single"]) < 0.1, accuracies
