@@ -156,7 +156,11 @@ def safe_extract(archive: Path, target: Path) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(tmp, filter=keep_reviews)
         check_layout(tmp / "aclImdb", what=f"archive {archive}")
-        os.replace(tmp / "aclImdb", done)
+        try:
+            os.replace(tmp / "aclImdb", done)
+        except OSError:
+            if not done.is_dir():  # else a parallel job (sweep) finished the same extraction first
+                raise
     except tarfile.FilterError as err:
         raise DataError(f"refusing to extract {archive}: unsafe member {err.tarinfo.name!r} ({err})") from err
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:

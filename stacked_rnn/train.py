@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
 from stacked_rnn.data import TRUNCATE_CHOICES, DataError
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS
 
@@ -257,4 +258,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault(SWEPT_KEYS_ENV, ",".join(swept_keys(sys.argv[1:])))  # names the sweep's job folders
     main()

@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import compose_config, tiny_overrides
-from stacked_rnn import report, short_job_name
+from stacked_rnn import SWEPT_KEYS_ENV, report, short_job_name, swept_keys
 from stacked_rnn.train import HP_METRICS, assign_device
 
 
@@ -33,9 +33,14 @@ def test_assign_device_round_robin():
     assert assign_device(0, 0) is None
 
 
-def test_short_job_names():
+def test_short_job_names(monkeypatch):
+    monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)
     assert short_job_name("model.cell=gru,model.layers=3,model.units=128") == "cell=gru,layers=3,units=128"
     assert short_job_name("") == "default"
+    argv = ["-m", "model.cell=gru,lstm", "model.layers=range(1,5)", "data.limit=500", "trainer.devices=[0,1]"]
+    monkeypatch.setenv(SWEPT_KEYS_ENV, ",".join(swept_keys(argv)))
+    assert short_job_name("data.limit=500,model.cell=gru,model.layers=3") == "cell=gru,layers=3"
+    assert short_job_name("data.limit=500,model.units=64", {"model.units": "64,128"}) == "units=64"
 
 
 def test_parallel_2x2_sweep_with_a_failing_job_writes_the_report(tiny_archive, tmp_path):
@@ -43,6 +48,7 @@ def test_parallel_2x2_sweep_with_a_failing_job_writes_the_report(tiny_archive, t
                             "model.cell=gru,lstm", "model.layers=1,2")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / "results.json").exists())
+    assert len(jobs) == 4
     assert jobs == ["cell=gru,layers=1", "cell=gru,layers=2", "cell=lstm,layers=1", "cell=lstm,layers=2"]
     rows = list(csv.DictReader(open(sweep_dir / "report.csv")))
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
@@ -68,9 +74,9 @@ def test_failing_job_does_not_stop_the_others(tiny_archive, tmp_path):
     bad = json.loads((sweep_dir / "cell=bogus" / "results.json").read_text())
     assert good["status"] == "ok" and good["test_acc"] is not None
     assert bad["status"] == "failed" and "model.cell='bogus'" in bad["reason"]
-    rows = {r["job"]: r for r in csv.DictReader(open(sweep_dir / "report.csv"))}
-    assert rows["cell=bogus"]["status"].startswith("failed: ConfigError: model.cell='bogus'")
-    assert rows["cell=gru"]["status"] == "ok"
+    rows = {r["cell"]: r for r in csv.DictReader(open(sweep_dir / "report.csv"))}
+    assert rows["bogus"]["status"].startswith("failed: ConfigError: model.cell='bogus'")
+    assert rows["gru"]["status"] == "ok"
 
 
 def test_report_marks_a_crashed_job(tmp_path):
@@ -106,7 +112,8 @@ def test_slurm_and_local_launchers_compose():
 def test_submitit_local_launcher_runs_a_job(tiny_archive, tmp_path):
     done, sweep_dir = sweep(tmp_path, tiny_archive, "hydra/launcher=local", "model.layers=1")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((sweep_dir / "layers=1" / "results.json").read_text())["status"] == "ok"
+    [result] = sweep_dir.glob("*/results.json")
+    assert json.loads(result.read_text())["status"] == "ok"
 
 
 @pytest.mark.slow
