@@ -177,15 +177,15 @@ def run(cfg: DictConfig) -> dict:
     train_seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise KeyboardInterrupt
-    if not trainer.is_global_zero:  # DDP workers: rank 0 tests and records
-        return {}
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     epochs = trainer.current_epoch
     test_acc = None
     if cfg.test_after_fit:
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, verbose=False)
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False)
         test_acc = tested[0]["test/acc"]
+    if not trainer.is_global_zero:  # DDP: every rank tests (a collective), rank 0 records
+        return {}
 
     results = {
         "status": "ok",

@@ -46,10 +46,11 @@ def tiny_archive(tmp_path_factory) -> Path:
     return write_imdb_archive(tmp_path_factory.mktemp("imdb") / "aclImdb_tiny.tar.gz")
 
 
-def tiny_overrides(archive: Path, cache: Path, out: Path, *extra: str) -> list[str]:
-    """Overrides for a seconds-long run on the tiny archive."""
+def tiny_overrides(archive: Path, cache: Path, out: Path, *extra: str, cli: bool = False) -> list[str]:
+    """Overrides for a seconds-long run on the tiny archive, writing into `out` (through Hydra's
+    run folder on the command line; `output_dir` when composing without Hydra's runtime)."""
     return [
-        f"data.archive={archive}", f"data.cache_dir={cache}", f"output_dir={out}",
+        f"data.archive={archive}", f"data.cache_dir={cache}", f"{'hydra.run.dir' if cli else 'output_dir'}={out}",
         "data.val_size=20", "data.batch_size=8", "data.vocab_size=100", "data.max_len=32",
         "model.units=16", "model.embed_dim=16", "model.embed_dropout=0.0", "trainer.max_epochs=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ from stacked_rnn.train import HP_METRICS, assign_device
 def sweep(tmp_path, archive, *args):
     """Run a multirun on the tiny archive; returns (process, sweep folder)."""
     sweep_dir = tmp_path / "sweep"
-    overrides = [o for o in tiny_overrides(archive, tmp_path / "cache", tmp_path / "unused")
-                 if not o.startswith("output_dir=")]
+    overrides = [o for o in tiny_overrides(archive, tmp_path / "cache", tmp_path / "unused", cli=True)
+                 if not o.startswith("hydra.run.dir=")]
     cmd = [sys.executable, "-m", "stacked_rnn.train", "-m", *overrides, "trainer.max_epochs=1", "data.limit=40",
            f"hydra.sweep.dir={sweep_dir}", *args]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -118,16 +119,19 @@ def test_submitit_local_launcher_runs_a_job(tiny_archive, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_cpu_matches_a_single_process(tiny_archive, tmp_path):
-    """Two gloo processes train one job; its accuracy matches a single process on the same task."""
+    """Two gloo processes train one job; its accuracy matches a single process on the same task.
+    data.batch_size is per process, so DDP uses half of it to keep the same effective batch and steps."""
     accuracies = {}
-    for name, extra in {"single": [], "ddp": ["trainer=ddp", "trainer.devices=2"]}.items():
+    for name, extra in {"single": [], "ddp": ["trainer=ddp", "trainer.devices=2", "data.batch_size=4"]}.items():
         run_dir = tmp_path / name
         cmd = [sys.executable, "-m", "stacked_rnn.train",
-               *tiny_overrides(tiny_archive, tmp_path / "cache", run_dir, "trainer.max_epochs=6", "model.lr=1e-2"),
-               *extra]
+               *tiny_overrides(tiny_archive, tmp_path / "cache", run_dir, "trainer.max_epochs=6", "model.lr=1e-2",
+                               cli=True), *extra]
         done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         accuracies[name] = json.loads((run_dir / "results.json").read_text())["test_acc"]
-        assert not list(Path(tmp_path).glob("outputs")), "DDP workers must not create stray Hydra folders"
+        assert {p.name for p in tmp_path.iterdir()} <= {"cache", "single", "ddp"}, "no stray Hydra folders"
+        writers = {re.search(r"\.(\d+)\.\d+$", f.name).group(1) for f in run_dir.glob("events.out.tfevents.*")}
+        assert len(writers) == 1, "TensorBoard events come from rank 0 only"
     assert accuracies["single"] > 0.8
     assert abs(accuracies["ddp"] - accuracies["single"]) < 0.1, accuracies

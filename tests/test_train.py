@@ -64,9 +64,10 @@ def test_bad_config_value_is_named(tiny_archive, tmp_path):
 def test_cli_overrides_and_predict(tiny_archive, tmp_path):
     run_dir = tmp_path / "cli-run"
     done = cli("-m", "stacked_rnn.train", *tiny_overrides(tiny_archive, tmp_path / "cache", run_dir,
-               "model.cell=lstm", "model.layers=3", "trainer.max_epochs=5", "model.lr=5e-3"), cwd=tmp_path)
+               "model.cell=lstm", "model.layers=3", "trainer.max_epochs=5", "model.lr=5e-3", cli=True), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test acc" in done.stdout and "tensorboard --logdir" in done.stdout
+    assert (run_dir / ".hydra" / "overrides.yaml").exists() and not (tmp_path / "outputs").exists()
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["config"]["model"]["cell"] == "lstm" and saved["config"]["model"]["layers"] == 3
 
@@ -81,7 +82,7 @@ def test_cli_overrides_and_predict(tiny_archive, tmp_path):
 
 
 def test_cli_rejects_bad_values_without_a_traceback(tmp_path):
-    done = cli("-m", "stacked_rnn.train", "model.layers=0", f"output_dir={tmp_path}", cwd=tmp_path)
+    done = cli("-m", "stacked_rnn.train", "model.layers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert done.returncode == 2
     assert "model.layers=0 is not allowed: expected an integer >= 1" in done.stderr
     assert "Traceback" not in done.stderr
