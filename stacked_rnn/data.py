@@ -14,7 +14,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -425,17 +424,14 @@ class IMDBDataModule(L.LightningDataModule):
         self.cache_path: Path | None = None
         self.vocab: list[str] | None = None
         self.datasets: dict[str, ReviewDataset] = {}
-        self.prepare_seconds = 0.0
 
     def prepare_data(self) -> None:
         """Fetch, extract and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
         if self.cache_path is not None:
             return
-        start = time.perf_counter()
         locate, source_id = resolve_source(*self.source_args, cache_dir=self.cache_dir, progress=self.progress)
         self.cache_path = prepare_token_cache(locate, source_id, self.cache_dir, self.vocab_size, self.val_size,
                                               self.limit, self.seed)
-        self.prepare_seconds = time.perf_counter() - start
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
