@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -466,6 +467,9 @@ class IMDBDataModule(L.LightningDataModule):
             shuffle=train and sampler is None,
             collate_fn=functools.partial(collate, pad_to=pad_to),
             num_workers=self.num_workers,
+            # name the start method: inside joblib's loky workers the inherited default context cannot start
+            # DataLoader workers ("'Process' object has no attribute 'env'")
+            multiprocessing_context=(("fork" if sys.platform == "linux" else "spawn") if self.num_workers else None),
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )

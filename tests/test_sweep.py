@@ -45,7 +45,7 @@ def test_short_job_names(monkeypatch):
 
 def test_parallel_2x2_sweep_with_a_failing_job_writes_the_report(tiny_archive, tmp_path):
     done, sweep_dir = sweep(tmp_path, tiny_archive, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                            "model.cell=gru,lstm", "model.layers=1,2")
+                            "model.cell=gru,lstm", "model.layers=1,2", "data.num_workers=1")  # loader workers too
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / "results.json").exists())
     assert len(jobs) == 4
