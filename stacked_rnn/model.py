@@ -1,8 +1,8 @@
 """StackedRNNClassifier: embedding -> ONE fused nn.RNN/LSTM/GRU(num_layers=k) -> pooling -> dropout -> linear.
 
 Layer L at step t reads layer L-1 at step t and itself at step t-1: the depth x time grid lives
-inside the fused cuDNN/ATen kernel. Reviews are packed, so the "last" state is each review's real
-last token, never padding.
+inside the fused cuDNN/ATen kernel. Pooling reads only each review's real steps, so the "last"
+state is its real last token, never padding (packed sequences where needed, see use_packing).
 """
 
 from __future__ import annotations
