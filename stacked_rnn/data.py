@@ -365,6 +365,7 @@ class BucketSampler(Sampler[int]):
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 50):
         self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool_batches * batch_size
         self.epoch = 0
+        self.skip = 0  # indices to leave out of the next pass only: a run resumed mid-epoch already trained on them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -380,8 +381,9 @@ class BucketSampler(Sampler[int]):
         for pool in pools:
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
             batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        for b in rng.permutation(len(batches)):
-            yield from batches[b].tolist()
+        order = np.concatenate([batches[b] for b in rng.permutation(len(batches))]) if batches else order
+        skip, self.skip = self.skip, 0
+        yield from order[skip:].tolist()
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -422,6 +424,8 @@ class IMDBDataModule(L.LightningDataModule):
         self.vocab: list[str] | None = None
         self.datasets: dict[str, ReviewDataset] = {}
         self.prepare_seconds = 0.0
+        self._skip_batches = 0
+        self._train_sampler: BucketSampler | None = None
 
     def prepare_data(self) -> None:
         """Fetch, extract and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
@@ -456,6 +460,8 @@ class IMDBDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split]
         sampler = BucketSampler(ds.lengths, batch_size, self.seed) if train and self.bucket else None
+        if sampler is not None:
+            self._train_sampler, sampler.skip, self._skip_batches = sampler, self._skip_batches * batch_size, 0
         if not train:  # evaluation order does not matter: sort by length for the least padding
             sampler = np.argsort(ds.lengths, kind="stable").tolist() if self.bucket else None
         pad_to = self.max_len if self.fixed_length else None
@@ -469,6 +475,14 @@ class IMDBDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def skip_batches(self, n: int) -> None:
+        """Resume mid-epoch: the next pass over the training data leaves out its first n batches, so the run goes
+        on with the same batches it would have seen (only with data.bucket=true, the seeded sampler)."""
+        if self._train_sampler is not None:  # the loader already exists (Lightning made it to count steps)
+            self._train_sampler.skip = n * self.batch_size
+        else:
+            self._skip_batches = n
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size, train=True)
