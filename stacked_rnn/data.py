@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -111,12 +112,16 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True) ->
         with open(part, "ab" if resumed else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
         ) as bar:
+            got = have
             try:
                 while block := response.read(1 << 20):
                     f.write(block)
+                    got += len(block)
                     bar.update(len(block))
-            except OSError as err:
+            except (OSError, http.client.HTTPException) as err:
                 raise DataError(f"download of {url} broke off ({err}); run again to resume") from err
+    if total is not None and got < total:  # the server closed early: read() just returns b"" then
+        raise DataError(f"download of {url} broke off after {got} of {total} bytes; run again to resume")
     if sha256 is not None and (actual := sha256_of(part)) != sha256:
         part.unlink()
         raise DataError(
