@@ -187,7 +187,8 @@ class ExactResume(L.Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        if not progress["is_last_batch"] and progress["current"]["completed"] > 0:  # saved mid-epoch
+        mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
+        if mid_epoch and trainer.state.fn == TrainerFn.FITTING:
             if hasattr(trainer.datamodule, "skip_batches"):
                 trainer.datamodule.skip_batches(progress["current"]["completed"])
             self.rng_state = checkpoint["callbacks"].get(self.state_key)

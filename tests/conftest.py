@@ -83,3 +83,13 @@ class SendSignal(L.Callback):
 def signal_overrides(signum: int, **at) -> list[str]:
     return [f"+callbacks.signal._target_=conftest.SendSignal", f"+callbacks.signal.signum={signum}",
             *(f"+callbacks.signal.{k}={v}" for k, v in at.items())]
+
+
+class CodePayload:
+    """Unpickling this creates `marker`: a checkpoint carrying it must never be able to run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))

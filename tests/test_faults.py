@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config, signal_overrides, tiny_overrides
+from conftest import CodePayload, compose_config, signal_overrides, tiny_overrides
 from stacked_rnn import train
 from stacked_rnn.model import StackedRNNClassifier
 
@@ -116,20 +116,10 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_archive, tmp_path):
         train.run(tiny_cfg(tiny_archive, tmp_path, "run", "ckpt_path=last"))
 
 
-class Payload:
-    """Unpickling this would create a file: a checkpoint must never be able to run code."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_checkpoints_that_would_run_code_or_do_not_fit_are_refused(tiny_archive, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "loops": {}, "hyper_parameters": {}, "x": Payload(marker)}, evil)
+    torch.save({"state_dict": {}, "loops": {}, "hyper_parameters": {}, "x": CodePayload(marker)}, evil)
     with pytest.raises(train.ConfigError, match=r"evil.ckpt cannot be loaded safely \(weights_only=True\)"):
         train.run(tiny_cfg(tiny_archive, tmp_path, "run", f"ckpt_path={evil}"))
     assert not marker.exists()
