@@ -199,7 +199,7 @@ class ExactResume(L.Callback):
             if torch.cuda.is_available() and len(self.rng_state["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(self.rng_state["cuda"])
             self.rng_state = None
-        elif batch_idx == 0:  # an epoch's first batch; not on_train_epoch_start, as the DataLoader draws from torch after it
+        elif batch_idx == 0:  # an epoch's first batch (not on_train_epoch_start: the DataLoader draws from torch after it)
             torch.manual_seed(int(np.random.SeedSequence([self.seed, trainer.current_epoch]).generate_state(1)[0]))
 
 
@@ -326,7 +326,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
     path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if value == "last" else Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={value!r}: there is no checkpoint at {path}. To resume a run, pass its folder "
-                          "and ckpt_path=last (hydra.run.dir=RUN_FOLDER ckpt_path=last), or ckpt_path=PATH/TO/FILE.ckpt")
+                          "and ckpt_path=last (hydra.run.dir=RUN_FOLDER ckpt_path=last), "
+                          "or ckpt_path=PATH/TO/FILE.ckpt")
     return path
 
 
@@ -502,6 +503,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from stacked_rnn.train import main  # run the imported module, whose classes are the ones conf/ instantiates
+    import stacked_rnn.train  # run the imported module: its classes are the ones conf/ instantiates
 
-    main()
+    stacked_rnn.train.main()

@@ -81,7 +81,7 @@ class SendSignal(L.Callback):
 
 
 def signal_overrides(signum: int, **at) -> list[str]:
-    return [f"+callbacks.signal._target_=conftest.SendSignal", f"+callbacks.signal.signum={signum}",
+    return ["+callbacks.signal._target_=conftest.SendSignal", f"+callbacks.signal.signum={signum}",
             *(f"+callbacks.signal.{k}={v}" for k, v in at.items())]
 
 

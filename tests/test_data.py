@@ -154,5 +154,6 @@ def test_corrupt_token_cache_is_detected_and_rebuilt(tiny_archive, tmp_path, cor
     with pytest.warns(UserWarning, match=r"token cache .* is corrupt \(.*\); rebuilding it"):
         second = make_dm(tiny_archive, tmp_path)
     for split in ("train", "val", "test"):
-        assert all(np.array_equal(a, b) for a, b in zip(first.datasets[split].sequences, second.datasets[split].sequences))
+        pairs = zip(first.datasets[split].sequences, second.datasets[split].sequences)
+        assert all(np.array_equal(a, b) for a, b in pairs)
     assert data.load_token_cache(second.cache_path) is not None  # the rebuilt file is sound

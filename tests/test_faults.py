@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -79,13 +78,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_archive, tmp_path, u
     assert resumed["test_acc"] == uninterrupted["test_acc"]
 
 
+@pytest.mark.slow  # a CLI process (~10 s); the in-process tests above cover the same code
 def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes(tiny_archive, tmp_path):
     run_dir = tmp_path / "run"
     overrides = fast_overrides(tiny_archive, tmp_path, "run", "trainer.max_epochs=2")
     done = cli_train(*overrides, *signal_overrides(signal.SIGINT, at_step=5), cwd=tmp_path)
     assert done.returncode == 130, done.stderr[-3000:]
     assert "Ctrl-C: stopping after this batch and saving a checkpoint" in done.stderr
-    assert f"interrupted by SIGINT at epoch 0, step 5: saved {run_dir}/checkpoints/last.ckpt. Resume with:" in done.stderr
+    saved = f"interrupted by SIGINT at epoch 0, step 5: saved {run_dir}/checkpoints/last.ckpt. Resume with:"
+    assert saved in done.stderr
     assert "Traceback" not in done.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
@@ -95,6 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes(tiny_archive,
     assert results["epochs"] == 2 and len(results["history"]) == 2
 
 
+@pytest.mark.slow  # a CLI process (~10 s); the in-process tests above cover the same code
 def test_kill_9_resumes_from_the_last_periodic_checkpoint(tiny_archive, tmp_path):
     run_dir = tmp_path / "run"
     overrides = fast_overrides(tiny_archive, tmp_path, "run", "trainer.max_epochs=2",

@@ -109,7 +109,8 @@ def test_cli_overrides_and_predict(tiny_archive, tmp_path):
     probs = [float(line.split("\t")[0]) for line in scored.stdout.splitlines()]
     assert len(probs) == 3 and probs[0] > 0.5 > probs[1]  # the empty line still gets a probability
 
-    one = cli("-m", "stacked_rnn.predict", f"ckpt={saved['best_checkpoint']}", "text=great superb loved wonderful brilliant", cwd=tmp_path)
+    one = cli("-m", "stacked_rnn.predict", f"ckpt={saved['best_checkpoint']}", "text=great superb loved wonderful",
+              cwd=tmp_path)
     assert one.returncode == 0 and float(one.stdout.split("\t")[0]) > 0.5
 
 
@@ -121,7 +122,8 @@ def test_cli_overrides_and_predict(tiny_archive, tmp_path):
      "IMDB yourself with data.archive=PATH/TO/aclImdb_v1.tar.gz (any .tar.gz in the aclImdb/ layout) or data.root=DIR"),
 ])
 def test_cli_mistakes_exit_nonzero_with_a_message_not_a_traceback(tmp_path, override, code, message):
-    done = cli("-m", "stacked_rnn.train", override, f"output_dir={tmp_path}", f"data.cache_dir={tmp_path}", cwd=tmp_path)
+    done = cli("-m", "stacked_rnn.train", override, f"output_dir={tmp_path}", f"data.cache_dir={tmp_path}",
+               cwd=tmp_path)
     assert done.returncode == code
     assert message in done.stderr
     assert "Traceback" not in done.stderr
