@@ -167,7 +167,8 @@ def safe_extract(archive: Path, target: Path) -> Path:
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, FileNotFoundError) and not archive.exists():
             raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
-        raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({err})") from err
+        reason = " ".join(str(err).split())  # tarfile's "could not be opened" spans lines
+        raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({reason})") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return done
@@ -316,7 +317,7 @@ def prepare_token_cache(locate, source_id: str, cache_dir: Path, vocab_size: int
 def load_token_cache(path: Path) -> dict | None:
     """The cached arrays, or None (and the file removed) when it is unreadable or inconsistent."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed if np.load fails
             data = {k: z[k] for k in z.files}
         for split in ("train", "val", "test"):
             offsets = data[f"{split}_offsets"]
