@@ -68,12 +68,13 @@ class SendSignal(L.Callback):
     """The training process signals itself at a chosen point, as a user's Ctrl-C (2), a scheduler's SIGTERM (15)
     or a kill -9 (9) would. Added with +callbacks.signal._target_=conftest.SendSignal (tests/ on PYTHONPATH)."""
 
-    def __init__(self, signum: int, at_step: int | None = None, at_epoch_end: int | None = None):
-        self.signum, self.at_step, self.at_epoch_end = signum, at_step, at_epoch_end
+    def __init__(self, signum: int, at_step: int | None = None, at_epoch_end: int | None = None, times: int = 1):
+        self.signum, self.at_step, self.at_epoch_end, self.times = signum, at_step, at_epoch_end, times
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):  # times=2: a second Ctrl-C before the first one took effect
+                os.kill(os.getpid(), self.signum)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == self.at_epoch_end:

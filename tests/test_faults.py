@@ -78,6 +78,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_archive, tmp_path, u
     assert resumed["test_acc"] == uninterrupted["test_acc"]
 
 
+def test_second_ctrl_c_stops_at_once_without_saving(tiny_archive, tmp_path):
+    with pytest.raises(train.Interrupted, match=r"^SIGINT at epoch 0, step 3: stopped before any checkpoint was saved; "
+                                                r"start the run again$"):
+        train.run(tiny_cfg(tiny_archive, tmp_path, "run", *signal_overrides(signal.SIGINT, at_step=3, times=2)))
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # no save from a half-finished step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow  # a CLI process (~10 s); the in-process tests above cover the same code
 def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes(tiny_archive, tmp_path):
     run_dir = tmp_path / "run"
