@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -111,12 +112,16 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True) ->
         with open(part, "ab" if resumed else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
         ) as bar:
+            got = have
             try:
                 while block := response.read(1 << 20):
                     f.write(block)
+                    got += len(block)
                     bar.update(len(block))
-            except OSError as err:
+            except (OSError, http.client.HTTPException) as err:
                 raise DataError(f"download of {url} broke off ({err}); run again to resume") from err
+    if total is not None and got < total:  # the server closed early: read() just returns b"" then
+        raise DataError(f"download of {url} broke off after {got} of {total} bytes; run again to resume")
     if sha256 is not None and (actual := sha256_of(part)) != sha256:
         part.unlink()
         raise DataError(
@@ -166,7 +171,8 @@ def safe_extract(archive: Path, target: Path) -> Path:
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, FileNotFoundError) and not archive.exists():
             raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
-        raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({err})") from err
+        reason = " ".join(str(err).split())  # tarfile's "could not be opened" spans lines
+        raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({reason})") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return done
@@ -315,7 +321,7 @@ def prepare_token_cache(locate, source_id: str, cache_dir: Path, vocab_size: int
 def load_token_cache(path: Path) -> dict | None:
     """The cached arrays, or None (and the file removed) when it is unreadable or inconsistent."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed if np.load fails
             data = {k: z[k] for k in z.files}
         for split in ("train", "val", "test"):
             offsets = data[f"{split}_offsets"]
@@ -369,6 +375,7 @@ class BucketSampler(Sampler[int]):
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 50):
         self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool_batches * batch_size
         self.epoch = 0
+        self.skip = 0  # indices to leave out of the next pass only: a run resumed mid-epoch already trained on them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -384,8 +391,9 @@ class BucketSampler(Sampler[int]):
         for pool in pools:
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
             batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        for b in rng.permutation(len(batches)):
-            yield from batches[b].tolist()
+        order = np.concatenate([batches[b] for b in rng.permutation(len(batches))]) if batches else order
+        skip, self.skip = self.skip, 0
+        yield from order[skip:].tolist()
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -425,6 +433,8 @@ class IMDBDataModule(L.LightningDataModule):
         self.cache_path: Path | None = None
         self.vocab: list[str] | None = None
         self.datasets: dict[str, ReviewDataset] = {}
+        self._skip_batches = 0
+        self._train_sampler: BucketSampler | None = None
 
     def prepare_data(self) -> None:
         """Fetch, extract and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
@@ -457,6 +467,8 @@ class IMDBDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split]
         sampler = BucketSampler(ds.lengths, batch_size, self.seed) if train and self.bucket else None
+        if sampler is not None:
+            self._train_sampler, sampler.skip, self._skip_batches = sampler, self._skip_batches * batch_size, 0
         if not train:  # evaluation order does not matter: sort by length for the least padding
             sampler = np.argsort(ds.lengths, kind="stable").tolist() if self.bucket else None
         pad_to = self.max_len if self.fixed_length else None
@@ -473,6 +485,14 @@ class IMDBDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def skip_batches(self, n: int) -> None:
+        """Resume mid-epoch: the next pass over the training data leaves out its first n batches, so the run goes
+        on with the same batches it would have seen (only with data.bucket=true, the seeded sampler)."""
+        if self._train_sampler is not None:  # the loader already exists (Lightning made it to count steps)
+            self._train_sampler.skip = n * self.batch_size
+        else:
+            self._skip_batches = n
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size, train=True)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -18,12 +21,16 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
@@ -39,34 +46,66 @@ class ConfigError(ValueError):
     """A config value the user can fix; the message names the key, the value and what is allowed."""
 
 
+class Interrupted(RuntimeError):
+    """Training stopped by Ctrl-C or SIGTERM; the message says what was saved and how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Reject bad values before any work starts."""
-    m, d = cfg.model, cfg.data
+    """Reject bad values before any work starts (a misspelled key is already refused by Hydra's struct mode)."""
+    m, d, t = cfg.model, cfg.data, cfg.trainer
     rules = [
+        ("seed", cfg.seed, is_int(cfg.seed), "an integer"),
+        ("ckpt_path", cfg.get("ckpt_path"), cfg.get("ckpt_path") is None or isinstance(cfg.ckpt_path, str),
+         "null, last, or the path of a .ckpt file"),
         ("model.cell", m.cell, m.cell in CELLS, f"one of {CELLS}"),
         ("model.pool", m.pool, m.pool in POOLS, f"one of {POOLS}"),
         ("model.init", m.init, m.init in INITS, f"one of {INITS}"),
         ("model.lr_schedule", m.lr_schedule, m.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}"),
         ("model.pack", m.pack, m.pack in PACKING, f"one of {PACKING}"),
-        ("model.layers", m.layers, isinstance(m.layers, int) and m.layers >= 1, "an integer >= 1"),
-        ("model.units", m.units, isinstance(m.units, int) and m.units >= 1, "an integer >= 1"),
-        ("model.embed_dim", m.embed_dim, isinstance(m.embed_dim, int) and m.embed_dim >= 1, "an integer >= 1"),
-        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "a number in [0, 1)"),
-        ("model.embed_dropout", m.embed_dropout, 0 <= m.embed_dropout < 1, "a number in [0, 1)"),
-        ("model.head_dropout", m.head_dropout, 0 <= m.head_dropout < 1, "a number in [0, 1)"),
-        ("model.lr", m.lr, m.lr > 0, "a number > 0"),
-        ("model.weight_decay", m.weight_decay, m.weight_decay >= 0, "a number >= 0"),
+        ("model.layers", m.layers, is_int(m.layers) and m.layers >= 1, "an integer >= 1"),
+        ("model.units", m.units, is_int(m.units) and m.units >= 1, "an integer >= 1"),
+        ("model.embed_dim", m.embed_dim, is_int(m.embed_dim) and m.embed_dim >= 1, "an integer >= 1"),
+        ("model.bidirectional", m.bidirectional, isinstance(m.bidirectional, bool), "true or false"),
+        ("model.lr", m.lr, is_number(m.lr) and m.lr > 0, "a number > 0"),
+        ("model.weight_decay", m.weight_decay, is_number(m.weight_decay) and m.weight_decay >= 0, "a number >= 0"),
+        ("model.adam_eps", m.adam_eps, is_number(m.adam_eps) and m.adam_eps > 0, "a number > 0"),
     ]
+    for key in ("dropout", "embed_dropout", "head_dropout"):
+        rules.append((f"model.{key}", m[key], is_number(m[key]) and 0 <= m[key] < 1, "a number in [0, 1)"))
     if "max_len" in d:  # the IMDB data group
         rules += [
-            ("data.max_len", d.max_len, isinstance(d.max_len, int) and d.max_len >= 1, "an integer >= 1"),
-            ("data.vocab_size", d.vocab_size, isinstance(d.vocab_size, int) and d.vocab_size >= 3,
+            ("data.max_len", d.max_len, is_int(d.max_len) and d.max_len >= 1, "an integer >= 1"),
+            ("data.vocab_size", d.vocab_size, is_int(d.vocab_size) and d.vocab_size >= 3,
              "an integer >= 3 (<pad>, <unk> and at least one word)"),
             ("data.truncate", d.truncate, d.truncate in TRUNCATE_CHOICES, f"one of {TRUNCATE_CHOICES}"),
-            ("data.batch_size", d.batch_size, isinstance(d.batch_size, int) and d.batch_size >= 1, "an integer >= 1"),
-            ("data.limit", d.limit, d.limit is None or (isinstance(d.limit, int) and d.limit >= 2),
-             "null or an integer >= 2"),
+            ("data.val_size", d.val_size, is_int(d.val_size) and d.val_size >= 1,
+             "an integer >= 1 (and below the number of training reviews)"),
+            ("data.limit", d.limit, d.limit is None or (is_int(d.limit) and d.limit >= 2), "null or an integer >= 2"),
+            ("data.seed", d.seed, is_int(d.seed), "an integer"),
+            ("data.batch_size", d.batch_size, is_int(d.batch_size) and d.batch_size >= 1, "an integer >= 1"),
+            ("data.eval_batch_size", d.eval_batch_size, is_int(d.eval_batch_size) and d.eval_batch_size >= 1,
+             "an integer >= 1"),
+            ("data.num_workers", d.num_workers, is_int(d.num_workers) and d.num_workers >= 0, "an integer >= 0"),
         ]
+    rules += [
+        ("trainer.max_epochs", t.max_epochs, is_int(t.max_epochs) and (t.max_epochs >= 1 or t.max_epochs == -1),
+         "an integer >= 1 (or -1 for no limit)"),
+        ("trainer.gradient_clip_val", t.gradient_clip_val,
+         t.gradient_clip_val is None or (is_number(t.gradient_clip_val) and t.gradient_clip_val >= 0),
+         "null or a number >= 0"),
+    ]
     for key, value, ok, allowed in rules:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
@@ -87,20 +126,144 @@ class History(L.Callback):
             self.epochs.append({"epoch": trainer.current_epoch,
                                 **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss") if k in metrics}})
 
+    def state_dict(self) -> dict:  # saved in checkpoints (plain types), so a resumed run keeps earlier epochs
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = list(state_dict["epochs"])
+
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stop at the first NaN/inf training loss (checked every `every` steps to avoid a host sync per step)."""
+    """Stop at a NaN/inf training loss before any checkpoint stores the broken weights.
+
+    Losses are summed on the device (a NaN or inf survives the sum) and read every `every` steps and
+    before every checkpoint save: no host sync per step, yet no bad step goes unnoticed."""
 
     def __init__(self, every: int = 25):
         self.every = every
+        self.loss_sum: torch.Tensor | None = None
+        self.steps = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx % self.every == 0 and not torch.isfinite(outputs["loss"]).item():
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        loss = loss.detach().float()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.check(trainer)  # raising here aborts the save: the previous (good) file stays
+
+    def check(self, trainer) -> None:
+        if self.loss_sum is not None and not torch.isfinite(self.loss_sum).item():
+            folder = Path(trainer.default_root_dir) / "checkpoints"
+            kept = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
             raise FloatingPointError(
-                f"training loss became {outputs['loss'].item()} at step {trainer.global_step} (epoch "
-                f"{trainer.current_epoch}); try a lower model.lr or trainer.gradient_clip_val. The last good "
-                f"checkpoint is kept in {Path(trainer.default_root_dir) / 'checkpoints'}"
+                f"training loss became {self.loss_sum.item()} by step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}); try a lower model.lr or trainer.gradient_clip_val. "
+                + (f"The last good checkpoints are kept: {', '.join(map(str, kept))}" if kept
+                   else "No checkpoint had been saved yet.")
             )
+        self.loss_sum = None
+
+
+class ExactResume(L.Callback):
+    """Make a resumed run go on exactly as the saved one would have, at an epoch end or mid-epoch.
+
+    Lightning restores weights, optimizer and loop counters, but not the data order within an epoch nor the
+    random state. So torch is reseeded from (seed, epoch) at each epoch's first batch (as the sampler is), the
+    torch RNG state goes into every checkpoint and is put back before the first batch after a mid-epoch
+    resume, and the sampler leaves out the batches of that epoch that were already trained on."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.rng_state: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
+        if mid_epoch and trainer.state.fn == TrainerFn.FITTING:
+            if hasattr(trainer.datamodule, "skip_batches"):
+                trainer.datamodule.skip_batches(progress["current"]["completed"])
+            self.rng_state = checkpoint["callbacks"].get(self.state_key)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.rng_state is not None:  # the first batch after a mid-epoch resume
+            torch.set_rng_state(self.rng_state["cpu"])
+            if torch.cuda.is_available() and len(self.rng_state["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(self.rng_state["cuda"])
+            self.rng_state = None
+        elif batch_idx == 0:  # an epoch's first batch (not on_train_epoch_start: the DataLoader draws from torch after it)
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, trainer.current_epoch]).generate_state(1)[0]))
+
+
+class SaveForResume(L.Callback):
+    """Write <dirpath>/last.ckpt at every epoch end (Lightning 2.6's save_last writes it only with a new best),
+    every `every_n_train_steps` steps (a kill -9 loses at most that many) and when SIGTERM or Ctrl-C stops
+    training; `ckpt_path=last` resumes from it.
+
+    Ctrl-C is handed to Lightning's SIGTERM handling, which stops at the end of the current batch, so the
+    saved state never holds half an optimizer step. A second Ctrl-C stops at once, without saving."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500):
+        if not is_int(every_n_train_steps) or every_n_train_steps < 0:
+            raise ConfigError(f"callbacks.save_for_resume.every_n_train_steps={every_n_train_steps!r} is not "
+                              "allowed: expected an integer >= 0 (0: only at epoch ends and on interruption)")
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every = every_n_train_steps
+        self.signum: int | None = None
+        self.saved: Path | None = None
+        self._saved_step = -1
+        self._sigint = None
+
+    def on_train_start(self, trainer, pl_module):  # after Lightning has put its own SIGTERM handler in place
+        if threading.current_thread() is threading.main_thread():
+            self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        on_sigterm = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer to stop after this batch
+        if self.signum is not None or not callable(on_sigterm):
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("\nCtrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once, "
+              "without saving)", file=sys.stderr, flush=True)
+        on_sigterm(signum, frame)
+
+    def _restore_sigint(self):
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step != self._saved_step \
+                and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch-end save follows
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self._saved_step = step
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore_sigint()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore_sigint()
+        if isinstance(exception, KeyboardInterrupt):
+            self.signum = signal.SIGINT
+        elif isinstance(exception, SIGTERMException):
+            self.signum = self.signum or signal.SIGTERM
+            if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
+                trainer.save_checkpoint(self.path, weights_only=False)
+                self.saved = self.path
 
 
 def assign_device(job_num: int, gpu_count: int) -> list[int] | None:
@@ -132,7 +295,11 @@ def uses_cuda(cfg: DictConfig) -> bool:
 
 def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     """The Lightning Trainer from cfg.trainer, with cfg.callbacks and a TensorBoard logger in the run folder."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [History(), StopOnNonFiniteLoss()]
+    try:
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    except InstantiationException as err:
+        raise ConfigError(f"cannot build callbacks.*: {' '.join(str(err).split())}") from err
+    callbacks += [History(), StopOnNonFiniteLoss(), ExactResume(cfg.seed)]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     logger = TensorBoardLogger(save_dir=str(output_dir), name="", version="", default_hp_metric=False)
@@ -145,8 +312,66 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
         # sweep again (Lightning #11300). Spawned workers inherit this job instead.
         log.warning("trainer.strategy=ddp inside a multirun: using ddp_spawn so each job stays one job")
         strategy = "ddp_spawn"
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, strategy=strategy,
-                       default_root_dir=str(output_dir))
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, strategy=strategy,
+                           default_root_dir=str(output_dir))
+    except InstantiationException as err:
+        raise ConfigError(f"cannot build the trainer from trainer.*: {' '.join(str(err).split())}") from err
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
+    """ckpt_path=last: this run folder's checkpoints/last.ckpt; any other value: a checkpoint file."""
+    value = cfg.get("ckpt_path")
+    if value is None:
+        return None
+    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if value == "last" else Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={value!r}: there is no checkpoint at {path}. To resume a run, pass its folder "
+                          "and ckpt_path=last (hydra.run.dir=RUN_FOLDER ckpt_path=last), "
+                          "or ckpt_path=PATH/TO/FILE.ckpt")
+    return path
+
+
+def check_resumable(path: Path, model) -> None:
+    """Refuse a checkpoint that is not a plain-data training checkpoint of this same model."""
+    try:  # weights_only: tensors and plain containers only, never a class named inside the file
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"ckpt_path={path} cannot be loaded safely (weights_only=True): "
+                          f"{' '.join(str(err).split())[:300]}") from err
+    if not isinstance(checkpoint, dict) or not {"state_dict", "loops", "hyper_parameters"} <= checkpoint.keys():
+        raise ConfigError(f"ckpt_path={path} is not a stacked_rnn training checkpoint (needs state_dict, loops and "
+                          "hyper_parameters)")
+    saved = checkpoint["hyper_parameters"]
+    changed = [f"{'data vocabulary size' if k == 'num_tokens' else 'model.' + k} {saved.get(k)!r} -> {v!r}"
+               for k, v in model.hparams.items() if saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"ckpt_path={path} was trained with other settings ({'; '.join(changed)}): resume with the "
+                          "same model and data settings")
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run from its last.ckpt."""
+    overrides = ["<same overrides>"]
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
+    if not any(o.startswith("output_dir=") for o in overrides):
+        overrides.append(f"hydra.run.dir={cfg.output_dir}")
+    return shlex.join(["python", "-m", "stacked_rnn.train", *overrides, "ckpt_path=last"])
+
+
+def interrupted(cfg: DictConfig, trainer: L.Trainer) -> Interrupted:
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveForResume)), None)
+    signum = (saver.signum if saver else None) or signal.SIGINT
+    what = f"{signal.Signals(signum).name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if saver and saver.saved:
+        return Interrupted(f"{what}: saved {saver.saved}. Resume with:\n  {resume_command(cfg)}", signum)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return Interrupted(f"{what}: stopped without saving; the last saved checkpoint is {last}. Resume from it "
+                           f"with:\n  {resume_command(cfg)}", signum)
+    return Interrupted(f"{what}: stopped before any checkpoint was saved; start the run again", signum)
 
 
 def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
@@ -159,12 +384,14 @@ def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
 def run(cfg: DictConfig) -> dict:
     """Fit, test and record one configuration. Returns what it writes to results.json."""
     check_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
     if is_multirun():
         place_sweep_job(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # vanishing BPTT gradients turn subnormal: ~15x slower on x86 without this
     L.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, output_dir)  # before the data work, so trainer.* mistakes surface at once
 
     datamodule = instantiate(cfg.data)
     data_start = time.perf_counter()
@@ -172,21 +399,30 @@ def run(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     data_seconds = time.perf_counter() - data_start
     model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
-    trainer = build_trainer(cfg, output_dir)
+    if ckpt_path:
+        check_resumable(ckpt_path, model)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resuming
+        if cfg.data.get("bucket"):  # ExactResume makes the seeded sampler resumable
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    epochs = trainer.current_epoch
-    test_acc = None
-    if cfg.test_after_fit:
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False)
-        test_acc = tested[0]["test/acc"]
-    if not trainer.is_global_zero:  # DDP: every rank tests (a collective), rank 0 records
+    try:
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        train_seconds = time.perf_counter() - start
+        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        epochs = trainer.current_epoch
+        history = list(next(c for c in trainer.callbacks if isinstance(c, History)).epochs)  # test() reloads callbacks
+        test_acc = None
+        if cfg.test_after_fit:  # every DDP rank tests (a collective); rank 0 records
+            tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None,
+                                  verbose=False, weights_only=True)
+            test_acc = tested[0]["test/acc"]
+    except SystemExit as err:  # Lightning exits this way after SIGTERM (and our Ctrl-C) or a second Ctrl-C
+        if not trainer.interrupted:
+            raise
+        raise interrupted(cfg, trainer) from err
+    if not trainer.is_global_zero:
         return {}
 
     results = {
@@ -202,7 +438,7 @@ def run(cfg: DictConfig) -> dict:
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
         "best_checkpoint": checkpoint,
-        "history": next(c for c in trainer.callbacks if isinstance(c, History)).epochs,
+        "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if test_acc is not None:
@@ -242,8 +478,9 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://stacked_rnn.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Single run: user mistakes exit with code 2 and a one-line message. Multirun: a failing job
-    (bad value, NaN, out of memory) is recorded as failed and the other jobs go on."""
+    """Single run: user mistakes exit with code 2 and a one-line message, a NaN loss with 1, Ctrl-C or SIGTERM
+    with 128 + the signal number and the resume command. Multirun: a failing job (bad value, NaN, out of
+    memory, interruption) is recorded as failed and the other jobs go on."""
     try:
         return run(cfg).get("test_acc")
     except (ConfigError, DataError, FloatingPointError) as err:
@@ -252,6 +489,15 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1 if isinstance(err, FloatingPointError) else 2)
+    except Interrupted as err:
+        if is_multirun():
+            record_failure(cfg, err)
+            return None
+        print(f"interrupted by {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt:  # before training started (data preparation): there is nothing to save
+        print("interrupted by Ctrl-C before training started: nothing was saved", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except Exception as err:
         if not is_multirun():
             raise
@@ -261,4 +507,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     os.environ.setdefault(SWEPT_KEYS_ENV, ",".join(swept_keys(sys.argv[1:])))  # names the sweep's job folders
-    main()
+    import stacked_rnn.train  # run the imported module: its classes are the ones conf/ instantiates
+
+    stacked_rnn.train.main()

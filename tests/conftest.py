@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 import tarfile
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -61,3 +63,35 @@ def tiny_overrides(archive: Path, cache: Path, out: Path, *extra: str, cli: bool
 def compose_config(overrides: list[str]):
     with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+class SendSignal(L.Callback):
+    """The training process signals itself at a chosen point, as a user's Ctrl-C (2), a scheduler's SIGTERM (15)
+    or a kill -9 (9) would. Added with +callbacks.signal._target_=conftest.SendSignal (tests/ on PYTHONPATH)."""
+
+    def __init__(self, signum: int, at_step: int | None = None, at_epoch_end: int | None = None, times: int = 1):
+        self.signum, self.at_step, self.at_epoch_end, self.times = signum, at_step, at_epoch_end, times
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            for _ in range(self.times):  # times=2: a second Ctrl-C before the first one took effect
+                os.kill(os.getpid(), self.signum)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.at_epoch_end:
+            os.kill(os.getpid(), self.signum)
+
+
+def signal_overrides(signum: int, **at) -> list[str]:
+    return ["+callbacks.signal._target_=conftest.SendSignal", f"+callbacks.signal.signum={signum}",
+            *(f"+callbacks.signal.{k}={v}" for k, v in at.items())]
+
+
+class CodePayload:
+    """Unpickling this creates `marker`: a checkpoint carrying it must never be able to run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import write_imdb_archive
 from stacked_rnn import data
 from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, split_indices, tokenise, truncate_ids
 
@@ -116,3 +119,41 @@ def test_train_loader_batches_cover_the_training_set(tiny_archive, tmp_path):
         assert (ids[torch.arange(len(ids)), lengths - 1] != 0).all()  # last real token is never padding
         seen += len(ids)
     assert seen == 100
+
+
+def test_invalid_utf8_and_empty_reviews_are_read_not_fatal(tmp_path):
+    bad, empty = tarfile.TarInfo("aclImdb/train/pos/900_9.txt"), tarfile.TarInfo("aclImdb/train/neg/901_1.txt")
+    raw = b"great \xff\xfe film \xc3("
+    bad.size, empty.size = len(raw), 0
+    archive = write_imdb_archive(tmp_path / "odd.tar.gz", extra_members=[(bad, raw), (empty, b"")])
+    dm = make_dm(archive, tmp_path / "cache")
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 122  # both odd files are in
+    sequences = dm.datasets["train"].sequences + dm.datasets["val"].sequences
+    assert any(s.tolist() == [data.UNK_ID] for s in sequences)  # the empty review is one <unk>
+    odd = next(dm.cache_dir.glob("extracted/*/aclImdb/train/pos/900_9.txt"))
+    assert data.read_text(odd) == "great \ufffd\ufffd film \ufffd("
+    assert tokenise(data.read_text(odd)) == ["great", "film"]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _ids_out_of_range(path):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_ids"][0] = 10**6
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _ids_out_of_range])
+def test_corrupt_token_cache_is_detected_and_rebuilt(tiny_archive, tmp_path, corrupt):
+    first = make_dm(tiny_archive, tmp_path)
+    corrupt(first.cache_path)
+    with pytest.warns(UserWarning, match=r"token cache .* is corrupt \(.*\); rebuilding it"):
+        second = make_dm(tiny_archive, tmp_path)
+    for split in ("train", "val", "test"):
+        pairs = zip(first.datasets[split].sequences, second.datasets[split].sequences)
+        assert all(np.array_equal(a, b) for a, b in pairs)
+    assert data.load_token_cache(second.cache_path) is not None  # the rebuilt file is sound

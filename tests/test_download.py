@@ -114,3 +114,45 @@ def test_missing_sources_are_named(tmp_path):
         IMDBDataModule(archive=str(tmp_path / "nope.tar.gz"), cache_dir=str(tmp_path)).prepare_data()
     with pytest.raises(DataError, match="data.root=.*is not a folder"):
         IMDBDataModule(root=str(tmp_path / "nodir"), cache_dir=str(tmp_path)).prepare_data()
+
+
+def serve_bytes(data: bytes, cut_first_at: int | None):
+    """An HTTP server that honours Range and, if asked, breaks off its first full response after cut_first_at bytes.
+    Returns (server, url, ranges): ranges lists the Range header of every request."""
+    ranges = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked = self.headers.get("Range")
+            ranges.append(asked)
+            start = int(asked.split("=")[1].split("-")[0]) if asked else 0
+            body = data[start:]
+            self.send_response(206 if asked else 200)
+            self.send_header("Content-Length", str(len(body)))
+            if asked:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            self.wfile.write(body[:cut_first_at] if cut_first_at is not None and len(ranges) == 1 else body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/aclImdb_v1.tar.gz", ranges
+
+
+def test_interrupted_download_leaves_only_a_part_file_and_resumes(tmp_path):
+    data = write_imdb_archive(tmp_path / "src.tar.gz", per_class=30).read_bytes()
+    server, url, ranges = serve_bytes(data, cut_first_at=1000)
+    dest = tmp_path / "dl" / "aclImdb_v1.tar.gz"
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with pytest.raises(DataError, match=rf"broke off after 1000 of {len(data)} bytes; run again to resume"):
+            download(url, dest, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+        assert not dest.exists() and part.stat().st_size == 1000  # never a half file under the real name
+        download(url, dest, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    finally:
+        server.shutdown()
+    assert ranges == [None, "bytes=1000-"]  # the second request asked only for the missing bytes
+    assert dest.read_bytes() == data and not part.exists()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import compose_config, tiny_overrides
+from conftest import CodePayload, compose_config, tiny_overrides
 from stacked_rnn import predict, train
-from stacked_rnn.model import CELLS
+from stacked_rnn.data import IMDBDataModule
+from stacked_rnn.model import CELLS, StackedRNNClassifier
 
 
 def run_tiny(tiny_archive, tmp_path, *extra):
@@ -55,10 +58,40 @@ def test_checkpoint_is_plain_and_loads_weights_only(tiny_archive, tmp_path):
     assert state["vocab"][:2] == ["<pad>", "<unk>"] and state["max_len"] == 32
 
 
-def test_bad_config_value_is_named(tiny_archive, tmp_path):
-    cfg = compose_config(tiny_overrides(tiny_archive, tmp_path, tmp_path / "run", "model.cell=transformer"))
-    with pytest.raises(train.ConfigError, match=r"model.cell='transformer' is not allowed: expected one of \('rnn'"):
+@pytest.mark.parametrize("override, message", [
+    ("model.cell=transformer", "model.cell='transformer' is not allowed: expected one of ('rnn', 'lstm', 'gru')"),
+    ("model.layers=0", "model.layers=0 is not allowed: expected an integer >= 1"),
+    ("model.layers=true", "model.layers=True is not allowed: expected an integer >= 1"),
+    ("model.units=0", "model.units=0 is not allowed: expected an integer >= 1"),
+    ("model.dropout=1.0", "model.dropout=1.0 is not allowed: expected a number in [0, 1)"),
+    ("model.dropout=-0.1", "model.dropout=-0.1 is not allowed: expected a number in [0, 1)"),
+    ("model.lr=-0.001", "model.lr=-0.001 is not allowed: expected a number > 0"),
+    ("model.lr=fast", "model.lr='fast' is not allowed: expected a number > 0"),
+    ("model.pool=attention", "model.pool='attention' is not allowed: expected one of ('last', 'mean', 'max')"),
+    ("data.max_len=0", "data.max_len=0 is not allowed: expected an integer >= 1"),
+    ("data.vocab_size=2", "data.vocab_size=2 is not allowed: expected an integer >= 3 (<pad>, <unk> and at least"),
+    ("data.val_size=0", "data.val_size=0 is not allowed: expected an integer >= 1"),
+    ("data.limit=1", "data.limit=1 is not allowed: expected null or an integer >= 2"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1 (or -1 for no limit)"),
+    ("+trainer.colour=blue", "cannot build the trainer from trainer.*: Error in call to target"),
+])
+def test_bad_config_values_are_named_before_any_data_work(tmp_path, monkeypatch, override, message):
+    monkeypatch.setattr(IMDBDataModule, "prepare_data", lambda self: pytest.fail("validation must come first"))
+    cfg = compose_config([f"output_dir={tmp_path}", "data.archive=/nowhere/aclImdb.tar.gz", override])
+    with pytest.raises(train.ConfigError) as err:
         train.run(cfg)
+    assert str(err.value).startswith(message)
+
+
+def test_dropout_with_one_layer_warns_once(tmp_path):
+    cfg = compose_config([f"output_dir={tmp_path}", "model.layers=1", "model.dropout=0.3"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.check_config(cfg)
+        StackedRNNClassifier(50, layers=1, dropout=0.3)  # torch's own nn.RNN warning would make it twice
+    assert [str(w.message) for w in caught] == [
+        "model.dropout=0.3 has no effect with model.layers=1: PyTorch applies it only between stacked layers "
+        "(use model.head_dropout or model.embed_dropout instead)"]
 
 
 def test_cli_overrides_and_predict(tiny_archive, tmp_path):
@@ -77,23 +110,58 @@ def test_cli_overrides_and_predict(tiny_archive, tmp_path):
     probs = [float(line.split("\t")[0]) for line in scored.stdout.splitlines()]
     assert len(probs) == 3 and probs[0] > 0.5 > probs[1]  # the empty line still gets a probability
 
-    one = cli("-m", "stacked_rnn.predict", f"ckpt={saved['best_checkpoint']}", "text=wonderful brilliant", cwd=tmp_path)
+    one = cli("-m", "stacked_rnn.predict", f"ckpt={saved['best_checkpoint']}", "text=great superb loved wonderful",
+              cwd=tmp_path)
     assert one.returncode == 0 and float(one.stdout.split("\t")[0]) > 0.5
 
 
-def test_cli_rejects_bad_values_without_a_traceback(tmp_path):
-    done = cli("-m", "stacked_rnn.train", "model.layers=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "model.layers=0 is not allowed: expected an integer >= 1" in done.stderr
+@pytest.mark.parametrize("override, code, message", [
+    ("model.layers=0", 2, "error: model.layers=0 is not allowed: expected an integer >= 1\n"),
+    ("model.cels=gru", 1, "Could not override 'model.cels'.\nTo append to your config use +model.cels=gru\n"
+                          "Key 'cels' is not in struct"),
+    ("data.archive=/nowhere/aclImdb.tar.gz", 2, "error: data.archive=/nowhere/aclImdb.tar.gz does not exist. Provide "
+     "IMDB yourself with data.archive=PATH/TO/aclImdb_v1.tar.gz (any .tar.gz in the aclImdb/ layout) or data.root=DIR"),
+])
+def test_cli_mistakes_exit_nonzero_with_a_message_not_a_traceback(tmp_path, override, code, message):
+    done = cli("-m", "stacked_rnn.train", override, f"hydra.run.dir={tmp_path}/run", f"data.cache_dir={tmp_path}",
+               cwd=tmp_path)
+    assert done.returncode == code
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_predict_errors_are_clear(tmp_path):
-    assert predict.main([f"ckpt={tmp_path}/missing.ckpt", "text=hi"]) == 2
+def test_predict_handles_empty_long_and_non_ascii_text(tiny_archive, tmp_path, capsys):
+    results, _ = run_tiny(tiny_archive, tmp_path, "trainer.max_epochs=1", "test_after_fit=false")
+    model, data_state = predict.load(Path(results["best_checkpoint"]))
+    texts = ["", "great " * 200_000, "Très bien, génial — 素晴らしい 😀", "\x00\ufffd\u200b"]
+    probs = predict.predict(model, data_state, texts)
+    assert len(probs) == 4 and all(0.0 <= p <= 1.0 for p in probs)  # finite probabilities, no crash
+    assert predict.main([f"ckpt={results['best_checkpoint']}", "text="]) == 0
+    assert capsys.readouterr().out.count("\t") == 1  # one line for the empty text
+
+
+def test_predict_errors_are_clear(tiny_archive, tmp_path, capsys):
+    def error(*argv):
+        assert predict.main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    assert f"error: ckpt={tmp_path}/missing.ckpt does not exist (give a .ckpt file or a run folder)" in \
+        error(f"ckpt={tmp_path}/missing.ckpt", "text=hi")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    assert predict.main([f"ckpt={tmp_path}/junk.ckpt", "text=hi"]) == 2
-    assert predict.main(["text=hi"]) == 2
-    assert predict.main(["ckpt=x", "colour=blue"]) == 2
+    assert f"error: cannot read checkpoint {tmp_path}/junk.ckpt:" in error(f"ckpt={tmp_path}/junk.ckpt", "text=hi")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
+    assert "other.ckpt is not a stacked_rnn checkpoint" in error(f"ckpt={tmp_path}/other.ckpt", "text=hi")
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "x": CodePayload(marker)}, tmp_path / "evil.ckpt")
+    assert "cannot read checkpoint" in error(f"ckpt={tmp_path}/evil.ckpt", "text=hi") and not marker.exists()
+    assert "ckpt= is required" in error("text=hi")
+    assert "unknown argument 'colour=blue'" in error("ckpt=x", "colour=blue")
+
+    results, _ = run_tiny(tiny_archive, tmp_path, "trainer.max_epochs=1", "test_after_fit=false")
+    checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
+    checkpoint["hyper_parameters"]["layers"] = 3  # weights of a 2-layer model
+    torch.save(checkpoint, tmp_path / "mismatch.ckpt")
+    assert "does not fit this version of StackedRNNClassifier" in error(f"ckpt={tmp_path}/mismatch.ckpt", "text=hi")
 
 
 def test_precision_is_bf16_only_on_cuda():
