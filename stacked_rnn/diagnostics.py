@@ -141,3 +141,145 @@ class GradientFlow(L.Callback):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-layer re-run and the depth x time grid
+
+
+def unfuse(rnn: nn.RNNBase) -> nn.ModuleList:
+    """Single-layer copies of a fused num_layers=k module, holding the same weights (layer k's
+    weight_ih_l{k}, weight_hh_l{k}, biases and their _reverse twins become layer 0's)."""
+    layers = nn.ModuleList()
+    width = rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    for k in range(rnn.num_layers):
+        layer = type(rnn)(rnn.input_size if k == 0 else width, rnn.hidden_size, bias=rnn.bias,
+                          batch_first=rnn.batch_first, bidirectional=rnn.bidirectional)
+        layer.load_state_dict({name: getattr(rnn, name.replace("_l0", f"_l{k}")) for name, _ in layer.named_parameters()})
+        layers.append(layer.to(next(rnn.parameters()).device))
+    return layers
+
+
+@torch.no_grad()
+def layer_outputs(model, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's output sequence (B, T, D*H) for a batch, in eval mode (no dropout). A fused stack is
+    re-run one layer at a time with its own weights; a residual stack already runs that way."""
+    was_training = model.training
+    model.eval()
+    try:
+        layers = model.stack if model.stack is not None else unfuse(model.rnn)
+        return model.run_layers(model.inputs(ids), lengths, layers)
+    finally:
+        model.train(was_training)
+
+
+def final_states(model, outputs: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's final hidden state (B, D*H), as the fused module's h_n holds it: the forward direction
+    at the real last token, the backward direction at step 0."""
+    units, rows = model.hparams.units, torch.arange(len(lengths))
+    states = []
+    for out in outputs:  # (B, T, D*H)
+        last = out[rows, lengths.to(out.device) - 1]  # (B, D*H)
+        states.append(torch.cat([last[:, :units], out[:, 0, units:]], -1) if model.hparams.bidirectional else last)
+    return states
+
+
+GRID_VALUES = ("norm", "readout")
+
+
+def depth_time_grid(model, ids: torch.Tensor, value: str = "norm") -> torch.Tensor:
+    """(layers, T) grid of one sequence ids (T,) or (T, F): each layer's hidden-state norm per step, or its
+    running read-out, sigmoid(head(h_t)) (the trained head reads only the top layer; on lower layers it shows
+    how close their states already are to what the head looks for)."""
+    if value not in GRID_VALUES:
+        raise ValueError(f"value={value!r} is not allowed: expected one of {GRID_VALUES}")
+    outputs = layer_outputs(model, ids[None], torch.tensor([len(ids)]))  # layers x (1, T, D*H)
+    stacked = torch.cat(outputs)  # (layers, T, D*H)
+    if value == "norm":
+        return stacked.norm(dim=-1)
+    with torch.no_grad():
+        return torch.sigmoid(model.classifier(stacked).squeeze(-1))  # (layers, T)
+
+
+def plot_grid(grid: torch.Tensor, tokens: list[str], value: str, title: str):
+    """Heatmap: one row per layer (top layer at the top), one column per token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, steps = grid.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.28 * steps, 40), 1.2 + 0.45 * layers))
+    image = ax.imshow(grid.flip(0).numpy(), aspect="auto", cmap="viridis" if value == "norm" else "RdBu",
+                      **({} if value == "norm" else {"vmin": 0.0, "vmax": 1.0}), interpolation="nearest")
+    ax.set_yticks(range(layers), [f"layer {k}" for k in reversed(range(layers))])
+    ax.set_xticks(range(steps), tokens, rotation=90, fontsize=7)
+    fig.colorbar(image, ax=ax, pad=0.01, label="|h_t|" if value == "norm" else "P(positive)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def parse_kv(argv: list[str], keys: tuple[str, ...], usage: str) -> dict[str, str]:
+    """key=value arguments, split at the first '=' so texts keep any '=' they contain; ckpt= is required."""
+    from stacked_rnn.predict import PredictError
+
+    args = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in keys:
+            raise PredictError(f"unknown argument {arg!r}: expected one of {', '.join(k + '=' for k in keys)}\n{usage}")
+        args[key] = value
+    if "ckpt" not in args:
+        raise PredictError(f"ckpt= is required\n{usage}")
+    return args
+
+
+GRID_USAGE = ('usage: python -m stacked_rnn.diagnostics ckpt=RUN_OR_CKPT text="a review" '
+              "[value=norm|readout] [out=PNG] [max_tokens=60]")
+GRID_KEYS = ("ckpt", "text", "value", "out", "max_tokens")
+
+
+def grid_main(argv: list[str] | None = None) -> int:
+    """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
+    from stacked_rnn.data import UNK_ID, encode, truncate_ids, tokenise
+    from stacked_rnn.predict import PredictError, find_checkpoint, load
+
+    try:
+        args = parse_kv(sys.argv[1:] if argv is None else argv, GRID_KEYS, GRID_USAGE)
+        if "text" not in args:
+            raise PredictError(f"text= is required\n{GRID_USAGE}")
+        value = args.get("value", "norm")
+        if value not in GRID_VALUES:
+            raise PredictError(f"value={value!r} is not allowed: expected one of {GRID_VALUES}")
+        if not args.get("max_tokens", "60").isdigit() or int(args.get("max_tokens", "60")) < 1:
+            raise PredictError(f"max_tokens={args['max_tokens']!r} is not allowed: expected an integer >= 1")
+        path = find_checkpoint(args["ckpt"])
+        model, data_state = load(path)
+    except PredictError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stoi = {word: i for i, word in enumerate(data_state["vocab"])}
+    max_tokens = min(int(args.get("max_tokens", 60)), data_state["max_len"])
+    ids = torch.from_numpy(truncate_ids(encode(args["text"], stoi), max_tokens, data_state["truncate"]).astype("int64"))
+    words = tokenise(args["text"]) or ["<unk>"]
+    words = truncate_ids(words, max_tokens, data_state["truncate"])
+    tokens = [w if i != UNK_ID else f"{w}?" for w, i in zip(words, ids.tolist())]  # ? marks out-of-vocabulary
+    grid = depth_time_grid(model, ids, value)
+    hp = model.hparams
+    shown = "hidden-state norm" if value == "norm" else "running read-out"
+    fig = plot_grid(grid, tokens, value, f"{hp.cell} x {hp.layers}: {shown} per layer and token")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = Path(args.get("out", run_dir / f"depth_time_{value}.png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as writer:
+        writer.add_figure(f"depth_time/{value}", fig)
+    print(f"{len(tokens)} tokens x {grid.shape[0]} layers -> {out} (TensorBoard: depth_time/{value} in {run_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(grid_main())

@@ -71,3 +71,70 @@ def test_healthy_gradients_do_not_warn():
 def test_bad_gradient_flow_settings_are_named():
     with pytest.raises(ValueError, match="vanish_ratio=0.5"):
         GradientFlow(vanish_ratio=0.5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_per_layer_rerun_matches_the_fused_module(cell, bidirectional):
+    """Layers run one at a time with the fused weights give the fused top sequence and every layer's h_n."""
+    from stacked_rnn.diagnostics import final_states, layer_outputs
+    from stacked_rnn.model import StackedRNNClassifier
+
+    torch.manual_seed(0)
+    model = StackedRNNClassifier(50, cell=cell, layers=3, units=8, embed_dim=6, dropout=0.3,
+                                 bidirectional=bidirectional, init="torch").eval()
+    ids = torch.randint(2, 50, (3, 9))
+    lengths = torch.tensor([9, 5, 2])
+    ids[1, 5:], ids[2, 2:] = 0, 0
+    outputs = layer_outputs(model, ids, lengths)
+    assert len(outputs) == 3 and outputs[0].shape == (3, 9, 16 if bidirectional else 8)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(model.embedding(ids), lengths, batch_first=True,
+                                                     enforce_sorted=False)
+    fused_out, h_n = model.rnn(packed)
+    fused_out, _ = torch.nn.utils.rnn.pad_packed_sequence(fused_out, batch_first=True)
+    h_n = h_n[0] if cell == "lstm" else h_n  # (layers*D, B, H)
+    real = (torch.arange(9)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(outputs[-1] * real, fused_out * real, atol=1e-5, rtol=0)
+    for k, state in enumerate(final_states(model, outputs, lengths)):
+        expected = h_n.view(3, 2 if bidirectional else 1, 3, 8)[k].permute(1, 0, 2).reshape(3, -1)
+        torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
+    assert not model.training
+
+
+def test_rerun_differs_when_a_layer_weight_is_changed():
+    """The equality above is not vacuous: a copy of the wrong weights is caught."""
+    from stacked_rnn.diagnostics import unfuse
+
+    rnn = torch.nn.GRU(4, 5, num_layers=2, batch_first=True)
+    layers = unfuse(rnn)
+    x = torch.randn(2, 6, 4)
+    torch.testing.assert_close(layers[1](layers[0](x)[0])[0], rnn(x)[0], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        layers[1].weight_hh_l0.add_(0.1)
+    assert (layers[1](layers[0](x)[0])[0] - rnn(x)[0]).abs().max() > 1e-3
+
+
+def test_depth_time_grid_cli(tiny_archive, tmp_path):
+    from stacked_rnn.diagnostics import grid_main
+
+    train.run(compose_config(tiny_overrides(tiny_archive, tmp_path / "cache", tmp_path / "run", "model.layers=3",
+                                            "trainer.max_epochs=1", "data.limit=40")))
+    text = "great movie word1 word2 awful neverseen"
+    assert grid_main([f"ckpt={tmp_path / 'run'}", f"text={text}"]) == 0
+    assert (tmp_path / "run" / "depth_time_norm.png").stat().st_size > 1000
+    assert grid_main([f"ckpt={tmp_path / 'run'}", f"text={text}", "value=readout", f"out={tmp_path}/r.png"]) == 0
+    assert (tmp_path / "r.png").is_file()
+    assert grid_main([f"ckpt={tmp_path / 'run'}", f"text={text}", "value=colour"]) == 2
+    assert grid_main([f"ckpt={tmp_path / 'run'}"]) == 2
+
+
+def test_depth_time_grid_values():
+    from stacked_rnn.diagnostics import depth_time_grid
+    from stacked_rnn.model import StackedRNNClassifier
+
+    model = StackedRNNClassifier(30, cell="lstm", layers=4, units=6, embed_dim=5).eval()
+    ids = torch.randint(2, 30, (11,))
+    norms = depth_time_grid(model, ids, "norm")
+    assert norms.shape == (4, 11) and (norms >= 0).all()
+    readout = depth_time_grid(model, ids, "readout")
+    torch.testing.assert_close(readout[-1, -1], torch.sigmoid(model(ids[None], torch.tensor([11])))[0])
