@@ -1,7 +1,7 @@
 """StackedRNNClassifier: embedding -> ONE fused nn.RNN/LSTM/GRU(num_layers=k) -> pooling -> dropout -> linear.
 
 With residual=true the stack is k single-layer modules run one at a time, each layer from the second on
-adding its input to its output (GNMT's skip connections). With input_dim set the RNN reads real-valued
+adding its input to its output (GNMT's skip connections). With input_dim > 0 the RNN reads real-valued
 features (B, T, input_dim) instead of embedded token ids, and task=regress trains a scalar with MSE.
 
 Layer L at step t reads layer L-1 at step t and itself at step t-1: the depth x time grid lives
@@ -48,14 +48,14 @@ class StackedRNNClassifier(L.LightningModule):
         lr_schedule: str = "constant",
         pack: str = "auto",
         residual: bool = False,
-        input_dim: int | None = None,
+        input_dim: int = 0,
         task: str = "classify",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # plain ints/floats/strs: checkpoints load with weights_only=True
         # token ids -> (B, T, E) embeddings; real-valued inputs (B, T, input_dim) go to the RNN as they are
-        self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0) if input_dim is None else nn.Identity()
-        rnn_in = embed_dim if input_dim is None else input_dim
+        self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0) if not input_dim else nn.Identity()
+        rnn_in = input_dim or embed_dim
         self.embed_dropout = nn.Dropout(embed_dropout)
         Cell = getattr(nn, cell.upper())  # nn.RNN | nn.LSTM | nn.GRU
         if residual:  # one module per layer, so that layers can be added to each other

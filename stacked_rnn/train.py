@@ -27,11 +27,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn.data import TRUNCATE_CHOICES, DataError
-from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS
+from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
-HP_METRICS = ("hp/best_val_acc", "hp/test_acc", "hp/train_seconds")
+HP_METRICS = ("hp/best_val_{metric}", "hp/test_{metric}", "hp/train_seconds")
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,10 @@ def check_config(cfg: DictConfig) -> None:
         ("model.head_dropout", m.head_dropout, 0 <= m.head_dropout < 1, "a number in [0, 1)"),
         ("model.lr", m.lr, m.lr > 0, "a number > 0"),
         ("model.weight_decay", m.weight_decay, m.weight_decay >= 0, "a number >= 0"),
+        ("model.task", m.get("task"), m.get("task", "classify") in TASKS, f"one of {TASKS}"),
+        ("model.residual", m.get("residual"), m.get("residual", False) in (True, False), "true or false"),
+        ("model.input_dim", m.get("input_dim"), isinstance(m.get("input_dim", 0), int) and m.get("input_dim", 0) >= 0,
+         "0 (token ids) or the number of input features"),
     ]
     if "max_len" in d:  # the IMDB data group
         rules += [
@@ -84,7 +88,7 @@ class History(L.Callback):
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
             self.epochs.append({"epoch": trainer.current_epoch,
-                                **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss") if k in metrics}})
+                                **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss", "val/mse") if k in metrics}})
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -151,7 +155,9 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
 def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
     """One HPARAMS row per run, with the same keys in every run (TensorBoard hides keys missing from the first)."""
     hparams = {k: model.hparams[k] for k in HPARAM_KEYS} | {"params": results["num_params"]}
-    metrics = dict(zip(HP_METRICS, (results["best_val_acc"], results["test_acc"], results["train_seconds"])))
+    metric = results["metric"]
+    metrics = {name.format(metric=metric): value for name, value in zip(
+        HP_METRICS, (results[f"best_val_{metric}"], results[f"test_{metric}"], results["train_seconds"]))}
     trainer.logger.log_hyperparams(hparams, metrics)
 
 
@@ -181,15 +187,17 @@ def run(cfg: DictConfig) -> dict:
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     epochs = trainer.current_epoch
-    test_acc = None
+    metric = cfg.get("metric", "acc")  # acc for IMDB, mse for data=adding
+    test_score = None
     if cfg.test_after_fit:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint or None, verbose=False)
-        test_acc = tested[0]["test/acc"]
+        test_score = tested[0][f"test/{metric}"]
 
     results = {
         "status": "ok",
-        "test_acc": test_acc,
-        "best_val_acc": float(best_val) if best_val is not None else None,
+        "metric": metric,
+        f"test_{metric}": test_score,
+        f"best_val_{metric}": float(best_val) if best_val is not None else None,
         "num_params": model.num_params,
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
@@ -202,7 +210,7 @@ def run(cfg: DictConfig) -> dict:
         "history": next(c for c in trainer.callbacks if isinstance(c, History)).epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if test_acc is not None:
+    if test_score is not None:
         log_hparams(trainer, model, results)
     else:
         results["best_checkpoint"] = checkpoint
@@ -212,10 +220,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def print_summary(results: dict, output_dir: Path) -> None:
-    test = f"{results['test_acc']:.4f}" if results["test_acc"] is not None else "not run"
+    metric = results["metric"]
+    test = f"{results[f'test_{metric}']:.4f}" if results[f"test_{metric}"] is not None else "not run"
     print(
         f"\n{'=' * 72}\n"
-        f"test acc {test} | best val acc {results['best_val_acc'] or float('nan'):.4f} | "
+        f"test {metric} {test} | best val {metric} {results[f'best_val_{metric}'] or float('nan'):.4f} | "
         f"{results['num_params']:,} params | {results['epochs']} epochs in {results['train_seconds']:.1f} s "
         f"({results['train_samples_per_second']:.0f} samples/s on {results['device']})\n"
         f"results:    {output_dir / 'results.json'}\n"
@@ -242,7 +251,8 @@ def main(cfg: DictConfig) -> float | None:
     """Single run: user mistakes exit with code 2 and a one-line message. Multirun: a failing job
     (bad value, NaN, out of memory) is recorded as failed and the other jobs go on."""
     try:
-        return run(cfg).get("test_acc")
+        results = run(cfg)
+        return results.get(f"test_{results.get('metric', 'acc')}")
     except (ConfigError, DataError, FloatingPointError) as err:
         if is_multirun():
             record_failure(cfg, err)
