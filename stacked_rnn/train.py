@@ -70,6 +70,9 @@ def check_config(cfg: DictConfig) -> None:
             ("data.limit", d.limit, d.limit is None or (isinstance(d.limit, int) and d.limit >= 2),
              "null or an integer >= 2"),
         ]
+    if "length" in d:  # the adding-problem data group
+        rules += [(f"data.{k}", d[k], isinstance(d[k], int) and d[k] >= low, f"an integer >= {low}")
+                  for k, low in (("length", 2), ("train_size", 1), ("val_size", 1), ("test_size", 1), ("batch_size", 1))]
     for key, value, ok, allowed in rules:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")

@@ -63,3 +63,14 @@ def test_lstm_beats_rnn_where_rnn_fails(tmp_path, one_thread):
     saved = json.loads((tmp_path / "lstm" / "results.json").read_text())
     assert saved["best_val_mse"] == pytest.approx(min(h["val/mse"] for h in saved["history"]), abs=1e-5)
     assert "val_mse" in saved["best_checkpoint"]  # the checkpoint callback monitored val/mse, mode min
+
+
+def test_bad_adding_config_is_named(tmp_path):
+    cfg = compose_config(["data=adding", "data.length=1", f"output_dir={tmp_path}"])
+    with pytest.raises(train.ConfigError, match="data.length=1 is not allowed: expected an integer >= 2"):
+        train.run(cfg)
+    cfg = compose_config(["data=adding", f"output_dir={tmp_path}"])
+    assert cfg.model.input_dim == 2 and cfg.model.task == "regress" and cfg.metric == "mse"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/mse" and cfg.callbacks.model_checkpoint.mode == "min"
+    imdb = compose_config([f"output_dir={tmp_path}"])
+    assert imdb.model.input_dim == 0 and imdb.model.task == "classify" and imdb.callbacks.model_checkpoint.mode == "max"
