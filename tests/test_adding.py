@@ -74,3 +74,19 @@ def test_bad_adding_config_is_named(tmp_path):
     assert cfg.callbacks.model_checkpoint.monitor == "val/mse" and cfg.callbacks.model_checkpoint.mode == "min"
     imdb = compose_config([f"output_dir={tmp_path}"])
     assert imdb.model.input_dim == 0 and imdb.model.task == "classify" and imdb.callbacks.model_checkpoint.mode == "max"
+
+
+def test_sweep_report_shows_mse_and_residual_columns(tmp_path):
+    from stacked_rnn import report
+
+    for residual, mse in ((False, 0.168), (True, 0.0005)):
+        job = tmp_path / f"residual={residual}"
+        job.mkdir()
+        (job / "results.json").write_text(json.dumps({
+            "status": "ok", "metric": "mse", "test_mse": mse, "best_val_mse": mse, "num_params": 10,
+            "seconds_per_epoch": 1.0, "config": {"model": {"cell": "lstm", "layers": 8, "units": 32, "residual": residual}}}))
+    rows = report.write_report(tmp_path, tensorboard=False)
+    table = (tmp_path / "report.md").read_text()
+    assert "| job | cell | layers | residual | units | params | best_val_mse | test_mse |" in table
+    assert "| 0.0005 |" in table and "test_acc" not in table
+    assert {r["residual"] for r in rows} == {False, True}
