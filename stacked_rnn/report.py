@@ -122,9 +122,10 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True) -> list[dict]:
     if not rows:
         raise FileNotFoundError(f"{sweep_dir} holds no job folders (no */results.json nor */.hydra/config.yaml)")
     ok = sum(r["status"] == "ok" for r in rows)
+    shown = "accuracy" if "test_acc" in columns(rows) else "MSE"
     (sweep_dir / "report.md").write_text(
         f"# Sweep report: {sweep_dir}\n\n{ok} of {len(rows)} jobs finished.\n\n{markdown_table(rows)}\n\n"
-        "![test accuracy against depth](accuracy_vs_depth.png)\n\n![training time against depth](time_vs_depth.png)\n"
+        f"![test {shown} against depth](accuracy_vs_depth.png)\n\n![training time against depth](time_vs_depth.png)\n"
     )
     with open(sweep_dir / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns(rows), extrasaction="ignore")
