@@ -218,6 +218,10 @@ def run(cfg: DictConfig) -> dict:
     else:
         results["best_checkpoint"] = checkpoint
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if cfg.get("probe_after_fit") and checkpoint and metric == "acc":  # layer-wise probes: probe.json, probe.png
+        from stacked_rnn.probe import run_probe
+
+        run_probe(checkpoint)
     print_summary(results, output_dir)
     return results
 

@@ -22,3 +22,10 @@ def test_probe_returns_one_accuracy_per_layer(tiny_archive, tmp_path):
 def test_probe_errors_are_named(tmp_path):
     assert probe.main([f"ckpt={tmp_path}/missing.ckpt"]) == 2
     assert probe.main(["ckpt=x", "max_reviews=lots"]) == 2
+
+
+def test_probe_after_fit_flag(tiny_archive, tmp_path):
+    train.run(compose_config(tiny_overrides(tiny_archive, tmp_path / "cache", tmp_path / "run", "model.layers=2",
+                                            "trainer.max_epochs=1", "data.limit=40", "probe_after_fit=true")))
+    result = json.loads((tmp_path / "run" / "probe.json").read_text())
+    assert result["layers"] == ["embeddings (mean)", "layer 0", "layer 1"]
