@@ -1,5 +1,9 @@
 """StackedRNNClassifier: embedding -> ONE fused nn.RNN/LSTM/GRU(num_layers=k) -> pooling -> dropout -> linear.
 
+With residual=true the stack is k single-layer modules run one at a time, each layer from the second on
+adding its input to its output (GNMT's skip connections). With input_dim > 0 the RNN reads real-valued
+features (B, T, input_dim) instead of embedded token ids, and task=regress trains a scalar with MSE.
+
 Layer L at step t reads layer L-1 at step t and itself at step t-1: the depth x time grid lives
 inside the fused cuDNN/ATen kernel. Pooling reads only each review's real steps, so the "last"
 state is its real last token, never padding (packed sequences where needed, see use_packing).
@@ -19,6 +23,7 @@ POOLS = ("last", "mean", "max")
 INITS = ("torch", "keras")
 LR_SCHEDULES = ("constant", "cosine")
 PACKING = ("auto", "always", "never")
+TASKS = ("classify", "regress")
 
 
 class StackedRNNClassifier(L.LightningModule):
@@ -42,15 +47,27 @@ class StackedRNNClassifier(L.LightningModule):
         adam_eps: float = 1e-8,
         lr_schedule: str = "constant",
         pack: str = "auto",
+        residual: bool = False,
+        input_dim: int = 0,
+        task: str = "classify",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # plain ints/floats/strs: checkpoints load with weights_only=True
-        self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0)
+        # token ids -> (B, T, E) embeddings; real-valued inputs (B, T, input_dim) go to the RNN as they are
+        self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0) if not input_dim else nn.Identity()
+        rnn_in = input_dim or embed_dim
         self.embed_dropout = nn.Dropout(embed_dropout)
-        self.rnn = getattr(nn, cell.upper())(  # nn.RNN | nn.LSTM | nn.GRU
-            embed_dim, units, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
-            bidirectional=bidirectional, batch_first=True,
-        )
+        Cell = getattr(nn, cell.upper())  # nn.RNN | nn.LSTM | nn.GRU
+        if residual:  # one module per layer, so that layers can be added to each other
+            width = units * (2 if bidirectional else 1)
+            self.rnn = None
+            self.stack = nn.ModuleList(Cell(rnn_in if k == 0 else width, units, bidirectional=bidirectional,
+                                            batch_first=True) for k in range(layers))
+        else:
+            self.stack = None
+            self.rnn = Cell(rnn_in, units, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+                            bidirectional=bidirectional, batch_first=True)
+        self.layer_dropout = nn.Dropout(dropout)  # between layers, when they run one at a time
         self.head_dropout = nn.Dropout(head_dropout)
         self.classifier = nn.Linear(units * (2 if bidirectional else 1), 1)
         if init == "keras":
@@ -65,10 +82,13 @@ class StackedRNNClassifier(L.LightningModule):
         PyTorch's defaults (N(0, 1) embeddings, U(+-1/sqrt(H)) everywhere) saturate a small tanh RNN
         from the first step; this is what lets the 5-unit SimpleRNN reference learn in 2 epochs.
         """
-        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
-        self.embedding.weight[0].zero_()
+        if isinstance(self.embedding, nn.Embedding):
+            nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+            self.embedding.weight[0].zero_()
         gates = {"rnn": 1, "lstm": 4, "gru": 3}[self.hparams.cell]
-        for name, param in self.rnn.named_parameters():
+        recurrent = self.rnn if self.stack is None else self.stack
+        for name, param in recurrent.named_parameters():
+            name = name.rsplit(".", 1)[-1]  # stack.<k>.weight_ih_l0 -> weight_ih_l0
             if name.startswith("weight_ih"):  # (gates*H, in): Glorot over the whole Keras kernel
                 nn.init.xavier_uniform_(param)
             elif name.startswith("weight_hh"):  # orthogonal per gate block, as Keras' recurrent kernel
@@ -90,14 +110,35 @@ class StackedRNNClassifier(L.LightningModule):
             self.hparams.pack == "auto" and (self.hparams.bidirectional or ids.is_cuda)
         )
 
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the first recurrent layer reads: embedded ids (B, T) -> (B, T, E), or features (B, T, F) as they are."""
+        return self.embed_dropout(self.embedding(ids))
+
+    def run_module(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Output sequence (B, T, D*H) of one recurrent module (fused or single-layer) on right-padded x (B, T, F)."""
+        if not self.use_packing(x):
+            return rnn(x)[0]  # (B, T, D*H)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return out  # (B, T, D*H)
+
+    def run_layers(self, x: torch.Tensor, lengths: torch.Tensor, layers) -> list[torch.Tensor]:
+        """Each layer's output sequence (B, T, D*H), running single-layer modules one at a time: dropout
+        between layers as the fused module applies it, and with residual=true x_{l+1} = x_l + layer_l(x_l)
+        from the second layer on (the first changes width from the input's to D*H)."""
+        outputs = []
+        for k, layer in enumerate(layers):
+            inp = x if k == 0 else self.layer_dropout(outputs[-1])
+            out = self.run_module(layer, inp, lengths)  # (B, T, D*H)
+            outputs.append(out + inp if self.hparams.residual and k > 0 else out)
+        return outputs
+
     def run_rnn(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Top-layer outputs (B, T, D*H) of right-padded ids (B, T); only steps t < length are meaningful."""
-        x = self.embed_dropout(self.embedding(ids))  # (B, T, E)
-        if not self.use_packing(ids):
-            return self.rnn(x)[0]  # (B, T, D*H)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=ids.shape[1])
-        return out  # (B, T, D*H)
+        x = self.inputs(ids)  # (B, T, E)
+        if self.stack is not None:
+            return self.run_layers(x, lengths, self.stack)[-1]
+        return self.run_module(self.rnn, x, lengths)  # (B, T, D*H)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D*H) over each review's real steps."""
@@ -119,6 +160,10 @@ class StackedRNNClassifier(L.LightningModule):
     def _step(self, batch, stage: str, accuracy: BinaryAccuracy) -> torch.Tensor:
         ids, lengths, labels = batch
         logits = self(ids, lengths)
+        if self.hparams.task == "regress":  # logits are the prediction itself
+            loss = F.mse_loss(logits.float(), labels)
+            self.log(f"{stage}/mse", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+            return loss
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
         accuracy(logits.detach(), labels.long())
         on_step = stage == "train"
@@ -137,7 +182,8 @@ class StackedRNNClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         ids, lengths, _ = batch
-        return torch.sigmoid(self(ids, lengths).float())
+        out = self(ids, lengths).float()
+        return out if self.hparams.task == "regress" else torch.sigmoid(out)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -19,6 +19,16 @@ from omegaconf import OmegaConf
 COLUMNS = ("job", "cell", "layers", "units", "params", "best_val_acc", "test_acc", "seconds_per_epoch", "status")
 
 
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    """COLUMNS, with the mse columns for a regression sweep (data=adding) and a residual column when used."""
+    cols = COLUMNS
+    if any(r.get("best_val_mse") is not None for r in rows):
+        cols = tuple(c.replace("_acc", "_mse") for c in cols)
+    if any(r.get("residual") for r in rows):
+        cols = cols[:3] + ("residual",) + cols[3:]
+    return cols
+
+
 def job_row(job_dir: Path) -> dict | None:
     """One table row; None for folders that are not jobs."""
     results_file, config_file = job_dir / "results.json", job_dir / ".hydra" / "config.yaml"
@@ -42,6 +52,9 @@ def job_row(job_dir: Path) -> dict | None:
         "params": results.get("num_params"),
         "best_val_acc": results.get("best_val_acc"),
         "test_acc": results.get("test_acc"),
+        "best_val_mse": results.get("best_val_mse"),
+        "test_mse": results.get("test_mse"),
+        "residual": bool(model.get("residual", False)),
         "seconds_per_epoch": results.get("seconds_per_epoch"),
         "status": status,
     }
@@ -64,8 +77,9 @@ def fmt(value) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(row[c]).replace("|", "/") for c in COLUMNS) + " |" for row in rows]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(row[c]).replace("|", "/") for c in cols) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -80,10 +94,11 @@ def plot_against_depth(rows: list[dict], metric: str, ylabel: str, title: str):
     units = sorted({r["units"] for r in rows if r["units"] is not None}) or [None]
     fig, axes = plt.subplots(1, len(units), figsize=(4.5 * len(units), 3.6), squeeze=False, sharey=True)
     for ax, unit in zip(axes[0], units):
-        for cell in sorted({r["cell"] for r in done}):
-            points = sorted((r["layers"], r[metric]) for r in done if r["cell"] == cell and r["units"] == unit)
+        for cell in sorted({(r["cell"], r.get("residual", False)) for r in done}):
+            points = sorted((r["layers"], r[metric]) for r in done
+                            if (r["cell"], r.get("residual", False)) == cell and r["units"] == unit)
             if points:
-                ax.plot(*zip(*points), marker="o", label=cell)
+                ax.plot(*zip(*points), marker="o", label=cell[0] + (" residual" if cell[1] else ""))
         failed = [r for r in rows if r["status"] != "ok" and r["units"] == unit and r["layers"] is not None]
         for r in failed:
             ax.axvline(r["layers"], color="red", alpha=0.25, linestyle=":")
@@ -107,16 +122,19 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True) -> list[dict]:
     if not rows:
         raise FileNotFoundError(f"{sweep_dir} holds no job folders (no */results.json nor */.hydra/config.yaml)")
     ok = sum(r["status"] == "ok" for r in rows)
+    shown = "accuracy" if "test_acc" in columns(rows) else "MSE"
     (sweep_dir / "report.md").write_text(
         f"# Sweep report: {sweep_dir}\n\n{ok} of {len(rows)} jobs finished.\n\n{markdown_table(rows)}\n\n"
-        "![test accuracy against depth](accuracy_vs_depth.png)\n\n![training time against depth](time_vs_depth.png)\n"
+        f"![test {shown} against depth](accuracy_vs_depth.png)\n\n![training time against depth](time_vs_depth.png)\n"
     )
     with open(sweep_dir / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     figures = {
-        "accuracy_vs_depth": plot_against_depth(rows, "test_acc", "test accuracy", "Test accuracy against depth"),
+        "accuracy_vs_depth": plot_against_depth(rows, "test_acc", "test accuracy", "Test accuracy against depth")
+        if "test_acc" in columns(rows) else plot_against_depth(rows, "test_mse", "test MSE (0.167 = predict the mean)",
+                                                               "Test MSE against depth"),
         "time_vs_depth": plot_against_depth(rows, "seconds_per_epoch", "seconds per epoch", "Training time against depth"),
     }
     for name, fig in figures.items():

@@ -35,11 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
 from stacked_rnn.data import TRUNCATE_CHOICES, DataError
-from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS
+from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
-HP_METRICS = ("hp/best_val_acc", "hp/test_acc", "hp/train_seconds")
+HP_METRICS = ("hp/best_val_{metric}", "hp/test_{metric}", "hp/train_seconds")
 
 
 class ConfigError(ValueError):
@@ -81,6 +81,10 @@ def check_config(cfg: DictConfig) -> None:
         ("model.lr", m.lr, is_number(m.lr) and m.lr > 0, "a number > 0"),
         ("model.weight_decay", m.weight_decay, is_number(m.weight_decay) and m.weight_decay >= 0, "a number >= 0"),
         ("model.adam_eps", m.adam_eps, is_number(m.adam_eps) and m.adam_eps > 0, "a number > 0"),
+        ("model.task", m.get("task"), m.get("task", "classify") in TASKS, f"one of {TASKS}"),
+        ("model.residual", m.get("residual"), m.get("residual", False) in (True, False), "true or false"),
+        ("model.input_dim", m.get("input_dim"), is_int(m.get("input_dim", 0)) and m.get("input_dim", 0) >= 0,
+         "0 (token ids) or the number of input features"),
     ]
     for key in ("dropout", "embed_dropout", "head_dropout"):
         rules.append((f"model.{key}", m[key], is_number(m[key]) and 0 <= m[key] < 1, "a number in [0, 1)"))
@@ -99,6 +103,9 @@ def check_config(cfg: DictConfig) -> None:
              "an integer >= 1"),
             ("data.num_workers", d.num_workers, is_int(d.num_workers) and d.num_workers >= 0, "an integer >= 0"),
         ]
+    if "length" in d:  # the adding-problem data group
+        rules += [(f"data.{k}", d[k], is_int(d[k]) and d[k] >= low, f"an integer >= {low}")
+                  for k, low in (("length", 2), ("train_size", 1), ("val_size", 1), ("test_size", 1), ("batch_size", 1))]
     rules += [
         ("trainer.max_epochs", t.max_epochs, is_int(t.max_epochs) and (t.max_epochs >= 1 or t.max_epochs == -1),
          "an integer >= 1 (or -1 for no limit)"),
@@ -124,7 +131,7 @@ class History(L.Callback):
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
             self.epochs.append({"epoch": trainer.current_epoch,
-                                **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss") if k in metrics}})
+                                **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss", "val/mse") if k in metrics}})
 
     def state_dict(self) -> dict:  # saved in checkpoints (plain types), so a resumed run keeps earlier epochs
         return {"epochs": list(self.epochs)}
@@ -377,7 +384,9 @@ def interrupted(cfg: DictConfig, trainer: L.Trainer) -> Interrupted:
 def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
     """One HPARAMS row per run, with the same keys in every run (TensorBoard hides keys missing from the first)."""
     hparams = {k: model.hparams[k] for k in HPARAM_KEYS} | {"params": results["num_params"]}
-    metrics = dict(zip(HP_METRICS, (results["best_val_acc"], results["test_acc"], results["train_seconds"])))
+    metric = results["metric"]
+    metrics = {name.format(metric=metric): value for name, value in zip(
+        HP_METRICS, (results[f"best_val_{metric}"], results[f"test_{metric}"], results["train_seconds"]))}
     trainer.logger.log_hyperparams(hparams, metrics)
 
 
@@ -413,11 +422,12 @@ def run(cfg: DictConfig) -> dict:
         best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         epochs = trainer.current_epoch
         history = list(next(c for c in trainer.callbacks if isinstance(c, History)).epochs)  # test() reloads callbacks
-        test_acc = None
+        metric = cfg.get("metric", "acc")  # acc for IMDB, mse for data=adding
+        test_score = None
         if cfg.test_after_fit:  # every DDP rank tests (a collective); rank 0 records
             tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None,
                                   verbose=False, weights_only=True)
-            test_acc = tested[0]["test/acc"]
+            test_score = tested[0][f"test/{metric}"]
     except SystemExit as err:  # Lightning exits this way after SIGTERM (and our Ctrl-C) or a second Ctrl-C
         if not trainer.interrupted:
             raise
@@ -427,8 +437,9 @@ def run(cfg: DictConfig) -> dict:
 
     results = {
         "status": "ok",
-        "test_acc": test_acc,
-        "best_val_acc": float(best_val) if best_val is not None else None,
+        "metric": metric,
+        f"test_{metric}": test_score,
+        f"best_val_{metric}": float(best_val) if best_val is not None else None,
         "num_params": model.num_params,
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
@@ -441,20 +452,23 @@ def run(cfg: DictConfig) -> dict:
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if test_acc is not None:
+    if test_score is not None:
         log_hparams(trainer, model, results)
-    else:
-        results["best_checkpoint"] = checkpoint
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if cfg.get("probe_after_fit") and checkpoint and metric == "acc":  # layer-wise probes: probe.json, probe.png
+        from stacked_rnn.probe import run_probe
+
+        run_probe(checkpoint)
     print_summary(results, output_dir)
     return results
 
 
 def print_summary(results: dict, output_dir: Path) -> None:
-    test = f"{results['test_acc']:.4f}" if results["test_acc"] is not None else "not run"
+    metric = results["metric"]
+    test = f"{results[f'test_{metric}']:.4f}" if results[f"test_{metric}"] is not None else "not run"
     print(
         f"\n{'=' * 72}\n"
-        f"test acc {test} | best val acc {results['best_val_acc'] or float('nan'):.4f} | "
+        f"test {metric} {test} | best val {metric} {results[f'best_val_{metric}'] or float('nan'):.4f} | "
         f"{results['num_params']:,} params | {results['epochs']} epochs in {results['train_seconds']:.1f} s "
         f"({results['train_samples_per_second']:.0f} samples/s on {results['device']})\n"
         f"results:    {output_dir / 'results.json'}\n"
@@ -482,7 +496,8 @@ def main(cfg: DictConfig) -> float | None:
     with 128 + the signal number and the resume command. Multirun: a failing job (bad value, NaN, out of
     memory, interruption) is recorded as failed and the other jobs go on."""
     try:
-        return run(cfg).get("test_acc")
+        results = run(cfg)
+        return results.get(f"test_{results.get('metric', 'acc')}")
     except (ConfigError, DataError, FloatingPointError) as err:
         if is_multirun():
             record_failure(cfg, err)

@@ -78,3 +78,39 @@ def test_keras_init_scales():
 def test_dropout_only_between_layers():
     assert StackedRNNClassifier(50, layers=1, dropout=0.5).rnn.dropout == 0.0
     assert StackedRNNClassifier(50, layers=2, dropout=0.5).rnn.dropout == 0.5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_residual_on_and_off_give_the_same_shapes(cell, bidirectional):
+    from stacked_rnn.diagnostics import layer_outputs, layer_weights
+
+    ids, lengths = batch()
+    plain = StackedRNNClassifier(50, cell=cell, layers=4, units=8, embed_dim=6, bidirectional=bidirectional).eval()
+    residual = StackedRNNClassifier(50, cell=cell, layers=4, units=8, embed_dim=6, bidirectional=bidirectional,
+                                    residual=True).eval()
+    assert plain.stack is None and residual.rnn is None and len(residual.stack) == 4
+    assert residual(ids, lengths).shape == plain(ids, lengths).shape == (3,)
+    assert residual.encode(ids, lengths).shape == plain.encode(ids, lengths).shape
+    assert residual.num_params == plain.num_params  # the same weights, only the wiring differs
+    assert set(layer_weights(residual)) == set(layer_weights(plain))  # gradient flow sees the same names
+    outputs = layer_outputs(residual, ids, lengths)
+    torch.testing.assert_close(outputs[-1], residual.run_rnn(ids, lengths))
+
+
+def test_residual_adds_each_layer_s_input_from_the_second_layer_on():
+    torch.manual_seed(0)
+    model = StackedRNNClassifier(50, cell="rnn", layers=3, units=8, embed_dim=6, residual=True, dropout=0.0).eval()
+    ids, lengths = batch()
+    x = model.embedding(ids)
+    h0 = model.stack[0](x)[0]  # (B, T, H): the first layer changes width, so no skip
+    h1 = h0 + model.stack[1](h0)[0]
+    h2 = h1 + model.stack[2](h1)[0]
+    torch.testing.assert_close(model.run_rnn(ids, lengths), h2)
+
+
+def test_real_valued_inputs_replace_the_embedding():
+    model = StackedRNNClassifier(0, cell="lstm", layers=2, units=8, input_dim=2, task="regress")
+    x = torch.rand(4, 10, 2)
+    assert isinstance(model.embedding, torch.nn.Identity) and model.rnn.input_size == 2
+    assert model(x, torch.full((4,), 10)).shape == (4,)
