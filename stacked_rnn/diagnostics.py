@@ -220,21 +220,6 @@ def plot_grid(grid: torch.Tensor, tokens: list[str], value: str, title: str):
     return fig
 
 
-def parse_kv(argv: list[str], keys: tuple[str, ...], usage: str) -> dict[str, str]:
-    """key=value arguments, split at the first '=' so texts keep any '=' they contain; ckpt= is required."""
-    from stacked_rnn.predict import PredictError
-
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in keys:
-            raise PredictError(f"unknown argument {arg!r}: expected one of {', '.join(k + '=' for k in keys)}\n{usage}")
-        args[key] = value
-    if "ckpt" not in args:
-        raise PredictError(f"ckpt= is required\n{usage}")
-    return args
-
-
 GRID_USAGE = ('usage: python -m stacked_rnn.diagnostics ckpt=RUN_OR_CKPT text="a review" '
               "[value=norm|readout] [out=PNG] [max_tokens=60]")
 GRID_KEYS = ("ckpt", "text", "value", "out", "max_tokens")
@@ -243,7 +228,7 @@ GRID_KEYS = ("ckpt", "text", "value", "out", "max_tokens")
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
     from stacked_rnn.data import UNK_ID, encode, truncate_ids, tokenise
-    from stacked_rnn.predict import PredictError, find_checkpoint, load
+    from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv
 
     try:
         args = parse_kv(sys.argv[1:] if argv is None else argv, GRID_KEYS, GRID_USAGE)

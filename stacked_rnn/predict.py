@@ -27,17 +27,22 @@ class PredictError(ValueError):
     """A mistake in the predict arguments or checkpoint, reported without a traceback."""
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """key=value arguments, split at the first '=' so texts keep any '=' or quotes they contain."""
+def parse_kv(argv: list[str], keys: tuple[str, ...], usage: str) -> dict[str, str]:
+    """key=value arguments, split at the first '=' so texts keep any '=' or quotes they contain; ckpt= is required.
+    Shared by the checkpoint tools (predict, diagnostics, probe)."""
     args = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key not in KEYS:
-            raise PredictError(f"unknown argument {arg!r}: expected one of {', '.join(k + '=' for k in KEYS)}\n{USAGE}")
+        if not sep or key not in keys:
+            raise PredictError(f"unknown argument {arg!r}: expected one of {', '.join(k + '=' for k in keys)}\n{usage}")
         args[key] = value
     if "ckpt" not in args:
-        raise PredictError(f"ckpt= is required\n{USAGE}")
+        raise PredictError(f"ckpt= is required\n{usage}")
     return args
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    return parse_kv(argv, KEYS, USAGE)
 
 
 def find_checkpoint(path: str) -> Path:

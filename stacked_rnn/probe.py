@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stacked_rnn.diagnostics import final_states, layer_outputs, parse_kv
-from stacked_rnn.predict import PredictError, find_checkpoint, load
+from stacked_rnn.diagnostics import final_states, layer_outputs
+from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv
 
 USAGE = ("usage: python -m stacked_rnn.probe ckpt=RUN_OR_CKPT [max_reviews=2000] [out=DIR] "
          "[archive=PATH | root=DIR] [cache_dir=DIR]")
