@@ -32,8 +32,12 @@ def test_real_splits_and_vocabulary(cache):
         assert dm.datasets[split].labels.mean() == 0.5
 
 
-def test_seed_keras_learns_in_two_epochs(cache, tmp_path):
-    cfg = compose_config([f"data.archive={ARCHIVE}", f"data.cache_dir={cache}", f"output_dir={tmp_path}",
-                          "experiment=seed_keras", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
-    results = train.run(cfg)
-    assert results["test_acc"] > 0.78  # Keras reached 0.80-0.82; chance is 0.5
+def test_seed_keras_reaches_keras_accuracy_over_three_seeds(cache, tmp_path):
+    """The issue's bar: mean test accuracy >= 0.80 over seeds 0, 1, 2 after 2 epochs (Keras: 0.800-0.821)."""
+    accuracies = []
+    for seed in (0, 1, 2):
+        cfg = compose_config([f"data.archive={ARCHIVE}", f"data.cache_dir={cache}", f"output_dir={tmp_path / str(seed)}",
+                              "experiment=seed_keras", f"seed={seed}", "trainer.accelerator=cpu",
+                              "trainer.enable_progress_bar=false"])
+        accuracies.append(train.run(cfg)["test_acc"])
+    assert sum(accuracies) / 3 >= 0.80, accuracies
