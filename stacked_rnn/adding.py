@@ -52,7 +52,6 @@ class AddingDataModule(L.LightningDataModule):
         self.length, self.sizes = length, {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.datasets: dict[str, TensorDataset] = {}
-        self.prepare_seconds = 0.0
         self.num_tokens = 0  # no vocabulary: the model reads the two features directly
 
     def setup(self, stage: str | None = None) -> None:
