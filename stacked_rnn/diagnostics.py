@@ -174,14 +174,8 @@ def layer_outputs(model, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch
 
 
 def final_states(model, outputs: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's final hidden state (B, D*H), as the fused module's h_n holds it: the forward direction
-    at the real last token, the backward direction at step 0."""
-    units, rows = model.hparams.units, torch.arange(len(lengths))
-    states = []
-    for out in outputs:  # (B, T, D*H)
-        last = out[rows, lengths.to(out.device) - 1]  # (B, D*H)
-        states.append(torch.cat([last[:, :units], out[:, 0, units:]], -1) if model.hparams.bidirectional else last)
-    return states
+    """Each layer's final hidden state (B, D*H), as the fused module's h_n holds it."""
+    return [model.last_state(out, lengths) for out in outputs]  # layers x (B, D*H)
 
 
 GRID_VALUES = ("norm", "readout")

@@ -140,14 +140,20 @@ class StackedRNNClassifier(L.LightningModule):
             return self.run_layers(x, lengths, self.stack)[-1]
         return self.run_module(self.rnn, x, lengths)  # (B, T, D*H)
 
+    def last_state(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """A layer's final hidden state (B, D*H) from its outputs (B, T, D*H), as the fused module's h_n holds
+        it: the forward direction at the real last token, the backward direction at step 0."""
+        last = out[torch.arange(len(out), device=out.device), lengths.to(out.device) - 1]  # (B, D*H)
+        units = self.hparams.units
+        return torch.cat([last[:, :units], out[:, 0, units:]], dim=-1) if self.hparams.bidirectional else last
+
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D*H) over each review's real steps."""
         out = self.run_rnn(ids, lengths)  # (B, T, D*H)
         lengths = lengths.to(out.device)
-        pool, units = self.hparams.pool, self.hparams.units
-        if pool == "last":  # forward direction at the real last token; backward direction ends at step 0
-            last = out[torch.arange(len(out), device=out.device), lengths - 1]  # (B, D*H)
-            return torch.cat([last[:, :units], out[:, 0, units:]], dim=-1) if self.hparams.bidirectional else last
+        if self.hparams.pool == "last":
+            return self.last_state(out, lengths)
+        pool = self.hparams.pool
         real = (torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
         if pool == "mean":
             return out.masked_fill(~real, 0.0).sum(1) / lengths[:, None].to(out.dtype)  # (B, D*H)
