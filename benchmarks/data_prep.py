@@ -1,4 +1,4 @@
-"""Data preparation time: cold (extract, tokenise and build the vocabulary of all 50k labelled
+"""Data preparation time: cold (read the archive, tokenise and build the vocabulary of all 50k labelled
 reviews into an empty cache) and warm (read the token cache back).
 
     python benchmarks/data_prep.py --archive ../shared/data/aclImdb_labelled.tar.gz
@@ -41,7 +41,7 @@ def main() -> None:
         warm, _ = prepare(archive, Path(tmp) / "cache", val_size)
     reviews = sum(len(d) for d in dm.datasets.values())
     print(f"archive: {archive}\nreviews: {reviews:,}  vocabulary: {len(dm.vocab):,}")
-    print(f"cold (extract + tokenise + vocab + cache): {cold:.2f} s\nwarm (token cache):                        {warm:.2f} s")
+    print(f"cold (read + tokenise + vocab + cache): {cold:.2f} s\nwarm (token cache):                        {warm:.2f} s")
 
 
 if __name__ == "__main__":

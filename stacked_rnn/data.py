@@ -1,7 +1,8 @@
 """IMDB sentiment data: fetch the archive, tokenise, cache the ids, and serve packed-ready batches.
 
-Data flows one way: source (download | archive | folder) -> aclImdb/ folder -> reviews ->
-token ids cached on disk -> datasets -> length-bucketed, dynamically padded batches.
+Data flows one way: source (download | archive | folder) -> raw reviews (read straight from the
+archive) -> token ids, tokenised in parallel and cached on disk -> datasets -> length-bucketed,
+dynamically padded batches.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import functools
 import hashlib
 import http.client
 import json
+import multiprocessing
 import os
 import re
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -21,6 +22,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -34,7 +36,7 @@ PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPLIT_DIRS = ("train/pos", "train/neg", "test/pos", "test/neg")
 TRUNCATE_CHOICES = ("head", "tail")
-TOKENIZER_VERSION = 1  # bump when tokenise() changes, so cached ids are rebuilt
+TOKENIZER_VERSION = 2  # bump when tokenise() changes, so cached ids are rebuilt
 
 _TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[!?]")
 
@@ -133,53 +135,38 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True) ->
 
 
 def _is_review(name: str) -> bool:
-    """Only aclImdb/{train,test}/{pos,neg}/*.txt are extracted (not unsup/ nor the .feat files)."""
+    """Only aclImdb/{train,test}/{pos,neg}/*.txt are read (not unsup/ nor the .feat files)."""
     parts = name.split("/")
     return len(parts) == 4 and parts[0] == "aclImdb" and "/".join(parts[1:3]) in SPLIT_DIRS and name.endswith(".txt")
 
 
-def safe_extract(archive: Path, target: Path) -> Path:
-    """Extract the labelled reviews of an aclImdb .tar.gz into target/aclImdb and return that folder.
+def read_archive(archive: Path) -> dict[str, bytes]:
+    """The labelled reviews of an aclImdb .tar.gz, read straight from the stream: {member name: raw bytes}.
 
-    Uses tarfile's 'data' filter, which refuses absolute paths, '..' and links that leave target.
-    Extraction goes to a temporary folder renamed into place, so an interrupted run leaves nothing
-    half-written behind.
+    Nothing is extracted, so no member can land outside the cache; links, folders and files outside
+    aclImdb/{train,test}/{pos,neg}/ are skipped.
     """
-    done = target / "aclImdb"
-    if done.is_dir():
-        return done
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target, prefix=".extract-"))
-
-    def keep_reviews(member: tarfile.TarInfo, path: str):
-        if member.name.startswith("/") or ".." in member.name.split("/"):  # the data filter would only strip "/"
-            raise tarfile.OutsideDestinationError(member, path)
-        member = tarfile.data_filter(member, path)  # raises on links and devices that would escape `path`
-        return member if _is_review(member.name) else None
-
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, filter=keep_reviews)
-        check_layout(tmp / "aclImdb", what=f"archive {archive}")
-        try:
-            os.replace(tmp / "aclImdb", done)
-        except OSError:
-            if not done.is_dir():  # else a parallel job (sweep) finished the same extraction first
-                raise
-    except tarfile.FilterError as err:
-        raise DataError(f"refusing to extract {archive}: unsafe member {err.tarinfo.name!r} ({err})") from err
+            reviews = {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and _is_review(m.name)}
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, FileNotFoundError) and not archive.exists():
             raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
         reason = " ".join(str(err).split())  # tarfile's "could not be opened" spans lines
         raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({reason})") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return done
+    check_layout(reviews, what=f"archive {archive}")
+    return reviews
 
 
-def check_layout(folder: Path, what: str) -> None:
-    missing = [d for d in SPLIT_DIRS if not (folder / d).is_dir() or not any((folder / d).glob("*.txt"))]
+def read_folder(folder: Path) -> dict[str, bytes]:
+    """The labelled reviews of an extracted aclImdb/ folder, named as in the archive."""
+    return {f"aclImdb/{d}/{f.name}": f.read_bytes() for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")}
+
+
+def check_layout(names, what: str) -> None:
+    """Every one of train/pos, train/neg, test/pos, test/neg must hold at least one review."""
+    present = {name.rsplit("/", 1)[0].removeprefix("aclImdb/") for name in names}
+    missing = [d for d in SPLIT_DIRS if d not in present]
     if missing:
         raise DataError(
             f"{what} does not have the aclImdb layout: missing or empty {', '.join('aclImdb/' + m for m in missing)}. "
@@ -194,44 +181,41 @@ HOW_TO_PROVIDE = (
 
 
 def resolve_source(root, archive, url, sha256, cache_dir: Path, progress: bool = True):
-    """Where the reviews come from. Returns (locate, source_id): locate() yields the aclImdb folder,
-    fetching or extracting only when called (a warm token cache never calls it); source_id
-    identifies the contents for the cache key."""
+    """Where the reviews come from. Returns (read, source_id): read() returns {name: bytes} of the labelled
+    reviews, downloading only when called (a warm token cache never calls it); source_id identifies the
+    contents for the cache key."""
     if root is not None:
         folder = Path(root).expanduser().resolve()
         folder = folder / "aclImdb" if (folder / "aclImdb").is_dir() else folder
         if not folder.is_dir():
             raise DataError(f"data.root={root} is not a folder. {HOW_TO_PROVIDE}")
-        check_layout(folder, what=f"data.root={root}")
+        check_layout((str(f.relative_to(folder.parent)) for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")),
+                     what=f"data.root={root}")
         stamp = [(folder / d).stat().st_mtime_ns for d in SPLIT_DIRS]
-        return (lambda: folder), f"root:{folder}:{stamp}"
+        return (lambda: read_folder(folder)), f"root:{folder}:{stamp}"
     if archive is not None:
         path = Path(archive).expanduser().resolve()
         if not path.is_file():
             raise DataError(f"data.archive={archive} does not exist. {HOW_TO_PROVIDE}")
         stat = path.stat()
-        source_id = f"archive:{path}:{stat.st_size}:{stat.st_mtime_ns}"
-        target = cache_dir / "extracted" / hashlib.sha256(source_id.encode()).hexdigest()[:16]
-        return (lambda: safe_extract(path, target)), source_id
+        return (lambda: read_archive(path)), f"archive:{path}:{stat.st_size}:{stat.st_mtime_ns}"
     dest = cache_dir / "downloads" / Path(url).name
-    target = cache_dir / "extracted" / hashlib.sha256(f"{url}:{sha256}".encode()).hexdigest()[:16]
-    return (lambda: safe_extract(download(url, dest, sha256, progress), target)), f"url:{url}:{sha256}"
+    return (lambda: read_archive(download(url, dest, sha256, progress))), f"url:{url}:{sha256}"
 
 
 # ----------------------------------------------------------------------------------------------
 # Splits, vocabulary and the token cache
 
 
-def list_reviews(folder) -> dict[str, tuple[list[Path], np.ndarray]]:
-    """Files and labels (1 = positive) of the official train and test sets, in a fixed order."""
+def list_reviews(names) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Names and labels (1 = positive) of the official train and test sets, in a fixed (sorted) order."""
+    by_folder = {d: [] for d in SPLIT_DIRS}
+    for name in names:
+        by_folder[name.rsplit("/", 1)[0].removeprefix("aclImdb/")].append(name)
     out = {}
     for split in ("train", "test"):
-        files, labels = [], []
-        for label, sentiment in ((1, "pos"), (0, "neg")):
-            found = sorted((folder / split / sentiment).glob("*.txt"))
-            files += found
-            labels += [label] * len(found)
-        out[split] = (files, np.asarray(labels, dtype=np.int8))
+        pos, neg = sorted(by_folder[f"{split}/pos"]), sorted(by_folder[f"{split}/neg"])
+        out[split] = (pos + neg, np.asarray([1] * len(pos) + [0] * len(neg), dtype=np.int8))
     return out
 
 
@@ -261,17 +245,63 @@ def split_indices(train_labels, test_labels, val_size: int, limit: int | None, s
     return splits
 
 
-def read_text(path: Path) -> str:
+def decode_review(raw: bytes) -> str:
     """A review's text; invalid UTF-8 bytes become U+FFFD instead of failing."""
-    return path.read_bytes().decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
 
 
-def build_vocab(token_lists, vocab_size: int) -> list[str]:
-    """<pad>, <unk>, then the most frequent tokens (ties in first-seen order)."""
-    counts = Counter()
-    for tokens in token_lists:
-        counts.update(tokens)
-    return [PAD, UNK] + [w for w, _ in counts.most_common(vocab_size - 2)]
+def tokenise_chunk(texts: list[bytes]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Tokenise raw reviews into ids of a vocabulary local to this chunk (a worker cannot know the global
+    one yet): (words, flat ids, offsets). An empty review becomes the single token <unk>."""
+    local: dict[str, int] = {}
+    docs = [[local.setdefault(t, len(local)) for t in tokenise(decode_review(raw)) or [UNK]] for raw in texts]
+    flat, offsets = to_flat([np.asarray(d, dtype=np.int32) for d in docs])
+    return list(local), flat, offsets
+
+
+def tokenise_all(texts: list[bytes], workers: int | None = None, progress: bool = True) -> list[tuple]:
+    """tokenise_chunk over contiguous chunks of texts, in parallel on the available cores; results in order."""
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = max(1, min(cores, 8, len(texts) // 500))  # small inputs: a pool costs more than it saves
+    size = max(1, -(-len(texts) // (4 * workers)))
+    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+    from tqdm.auto import tqdm
+
+    bar = dict(total=len(chunks), desc=f"tokenise {len(texts):,} reviews", unit="chunk", disable=not progress)
+    if workers == 1:
+        return list(tqdm(map(tokenise_chunk, chunks), **bar))
+    # fork where it exists: no re-import, and it works inside joblib's loky workers (sweeps), as for the DataLoader
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(tqdm(pool.map(tokenise_chunk, chunks), **bar))
+
+
+def encode_all(texts: list[bytes], n_train: int, vocab_size: int, workers: int | None = None,
+               progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Token ids of every text as (vocabulary, flat ids, offsets). The vocabulary counts the first n_train
+    texts only (the training split: nothing leaks from val/test)."""
+    chunks = tokenise_all(texts, workers, progress)
+    counts, first = Counter(), 0
+    for words, flat, offsets in chunks:
+        n_docs = len(offsets) - 1
+        train_tokens = flat[: offsets[min(n_docs, max(0, n_train - first))]]  # a chunk's training texts come first
+        for word, count in zip(words, np.bincount(train_tokens, minlength=len(words)).tolist()):
+            if count:
+                counts[word] += count
+        first += n_docs
+    vocab = build_vocab(counts, vocab_size)
+    stoi = {w: i for i, w in enumerate(vocab)}
+    ids = np.concatenate([np.asarray([stoi.get(w, UNK_ID) for w in words], dtype=np.int32)[flat]
+                          for words, flat, _ in chunks])  # chunk-local ids -> global ids
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(o) for _, _, o in chunks]))])
+    return vocab, ids, offsets
+
+
+def build_vocab(counts: Counter, vocab_size: int) -> list[str]:
+    """<pad>, <unk>, then the most frequent tokens (ties alphabetically, so the order of reading never matters)."""
+    ranked = sorted((w for w in counts if w not in (PAD, UNK)), key=lambda w: (-counts[w], w))
+    return [PAD, UNK] + ranked[: vocab_size - 2]
 
 
 def to_flat(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -285,8 +315,8 @@ def from_flat(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def prepare_token_cache(locate, source_id: str, cache_dir: Path, vocab_size: int, val_size: int,
-                        limit: int | None, seed: int) -> Path:
+def prepare_token_cache(read, source_id: str, cache_dir: Path, vocab_size: int, val_size: int,
+                        limit: int | None, seed: int, progress: bool = True) -> Path:
     """Tokenise the reviews once and store ids, labels and vocabulary as one .npz in the cache.
 
     The file name hashes everything that changes the ids, so a changed setting makes a new file
@@ -297,20 +327,21 @@ def prepare_token_cache(locate, source_id: str, cache_dir: Path, vocab_size: int
     path = cache_dir / "tokens" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".npz")
     if path.exists():
         return path
-    reviews = list_reviews(locate())
+    raw = read()  # {name: bytes}
+    reviews = list_reviews(raw)
     splits = split_indices(reviews["train"][1], reviews["test"][1], val_size, limit, seed)
-    tokens, labels = {}, {}
-    for split, indices in splits.items():
-        files, all_labels = reviews["test" if split == "test" else "train"]
-        tokens[split] = [tokenise(read_text(files[i])) for i in indices]
-        labels[split] = all_labels[indices]
-    vocab = build_vocab(tokens["train"], vocab_size)  # training split only: no leakage from val/test
-    stoi = {w: i for i, w in enumerate(vocab)}
+    names = {split: reviews["test" if split == "test" else "train"][0] for split in splits}
+    texts = [raw[names[split][i]] for split, indices in splits.items() for i in indices]  # train, val, test
+    del raw
+    vocab, ids, offsets = encode_all(texts, len(splits["train"]), vocab_size, progress=progress)
     arrays = {"vocab": np.asarray(vocab), "key": np.asarray(json.dumps(key, sort_keys=True))}
-    for split in splits:
-        ids = [np.asarray([stoi.get(t, UNK_ID) for t in toks] or [UNK_ID], dtype=np.int32) for toks in tokens[split]]
-        arrays[f"{split}_ids"], arrays[f"{split}_offsets"] = to_flat(ids)
-        arrays[f"{split}_labels"] = labels[split]
+    first = 0
+    for split, indices in splits.items():
+        last = first + len(indices)
+        arrays[f"{split}_ids"] = ids[offsets[first] : offsets[last]]
+        arrays[f"{split}_offsets"] = offsets[first : last + 1] - offsets[first]
+        arrays[f"{split}_labels"] = reviews["test" if split == "test" else "train"][1][indices]
+        first = last
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
         np.savez(tmp, **arrays)
@@ -437,12 +468,12 @@ class IMDBDataModule(L.LightningDataModule):
         self._train_sampler: BucketSampler | None = None
 
     def prepare_data(self) -> None:
-        """Fetch, extract and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
+        """Fetch, read and tokenise into the cache (once; Lightning calls this on rank 0 only)."""
         if self.cache_path is not None:
             return
-        locate, source_id = resolve_source(*self.source_args, cache_dir=self.cache_dir, progress=self.progress)
-        self.cache_path = prepare_token_cache(locate, source_id, self.cache_dir, self.vocab_size, self.val_size,
-                                              self.limit, self.seed)
+        read, source_id = resolve_source(*self.source_args, cache_dir=self.cache_dir, progress=self.progress)
+        self.cache_path = prepare_token_cache(read, source_id, self.cache_dir, self.vocab_size, self.val_size,
+                                              self.limit, self.seed, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

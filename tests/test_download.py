@@ -1,4 +1,4 @@
-"""The default source: download over HTTP (a local server), checksum, safe extraction, clear errors."""
+"""The default source: download over HTTP (a local server), checksum, reading the archive safely, clear errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from conftest import write_imdb_archive
-from stacked_rnn.data import DataError, IMDBDataModule, download, safe_extract
+from stacked_rnn.data import DataError, IMDBDataModule, download, read_archive
 
 
 @pytest.fixture()
@@ -30,7 +30,7 @@ def served(tmp_path):
     server.shutdown()
 
 
-def test_default_source_downloads_verifies_and_extracts(served, tmp_path):
+def test_default_source_downloads_verifies_and_reads(served, tmp_path):
     url, sha = served
     dm = IMDBDataModule(url=url, sha256=sha, cache_dir=str(tmp_path / "cache"), val_size=10, progress=False)
     dm.prepare_data()
@@ -38,8 +38,7 @@ def test_default_source_downloads_verifies_and_extracts(served, tmp_path):
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 50, "val": 10, "test": 60}
     downloaded = tmp_path / "cache" / "downloads" / "aclImdb_v1.tar.gz"
     assert downloaded.is_file() and not downloaded.with_name("aclImdb_v1.tar.gz.part").exists()
-    extracted = list((tmp_path / "cache" / "extracted").glob("*/aclImdb/train/pos/*.txt"))
-    assert len(extracted) == 30
+    assert not (tmp_path / "cache" / "extracted").exists()  # read from the archive, never unpacked
 
 
 def test_checksum_mismatch_is_a_clear_error_and_leaves_no_file(served, tmp_path):
@@ -65,21 +64,26 @@ def test_unreachable_host_says_how_to_provide_the_data(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs/escape.txt", "aclImdb/../../escape.txt"])
-def test_members_escaping_the_target_are_refused(tmp_path, name):
+def test_members_outside_the_layout_are_ignored_and_nothing_is_written(tmp_path, name, monkeypatch):
     info = tarfile.TarInfo(name)
     info.size = 3
     archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(info, b"bad")])
-    with pytest.raises(DataError, match="refusing to extract.*unsafe member"):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "aclImdb").exists()
+    monkeypatch.chdir(tmp_path / "..")
+    reviews = read_archive(archive)
+    assert len(reviews) == 8 and all(name.startswith("aclImdb/") and ".." not in name for name in reviews)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz"]
+    assert not (tmp_path.parent / "escape.txt").exists()
 
 
-def test_link_pointing_outside_is_refused(tmp_path):
+def test_links_are_not_followed(tmp_path):
     link = tarfile.TarInfo("aclImdb/train/pos/link.txt")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(link, None)])
-    with pytest.raises(DataError, match="unsafe member"):
-        safe_extract(archive, tmp_path / "out")
+    hard = tarfile.TarInfo("aclImdb/train/neg/hard.txt")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "aclImdb/train/pos/0_8.txt"
+    archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(link, None), (hard, None)])
+    reviews = read_archive(archive)
+    assert "aclImdb/train/pos/link.txt" not in reviews and "aclImdb/train/neg/hard.txt" not in reviews
+    assert len(reviews) == 8
 
 
 def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):
@@ -88,7 +92,7 @@ def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):
     (tmp_path / "noise.tar.gz").write_bytes(b"this is not a gzip file" * 10)
     for name in ("truncated.tar.gz", "noise.tar.gz"):
         with pytest.raises(DataError, match="corrupt or truncated"):
-            safe_extract(tmp_path / name, tmp_path / f"out-{name}")
+            read_archive(tmp_path / name)
 
 
 def test_archive_without_the_layout_is_rejected(tmp_path):
@@ -97,16 +101,21 @@ def test_archive_without_the_layout_is_rejected(tmp_path):
         info = tarfile.TarInfo("reviews/train/pos/1_9.txt")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"good"))
-    with pytest.raises(DataError, match="does not have the aclImdb layout"):
-        safe_extract(archive, tmp_path / "out")
+    with pytest.raises(DataError, match="does not have the aclImdb layout: missing or empty aclImdb/train/pos"):
+        read_archive(archive)
 
 
-def test_local_folder_source(tiny_archive, tmp_path):
-    folder = safe_extract(tiny_archive, tmp_path / "x")
-    dm = IMDBDataModule(root=str(folder.parent), cache_dir=str(tmp_path / "cache"), val_size=20)
-    dm.prepare_data()
-    dm.setup()
-    assert len(dm.datasets["test"]) == 120
+def test_local_folder_source_gives_the_same_data_as_the_archive(tiny_archive, tmp_path):
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    loaded = {}
+    for source in (dict(root=str(tmp_path / "x")), dict(archive=str(tiny_archive))):
+        dm = IMDBDataModule(**source, cache_dir=str(tmp_path / "cache"), val_size=20, progress=False)
+        dm.prepare_data()
+        dm.setup()
+        loaded[next(iter(source))] = (dm.vocab, [s.tolist() for s in dm.datasets["test"].sequences])
+    assert len(loaded["root"][1]) == 120
+    assert loaded["root"] == loaded["archive"]
 
 
 def test_missing_sources_are_named(tmp_path):
