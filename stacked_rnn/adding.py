@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from stacked_rnn.data import to_device_keeping_lengths
+
 BASELINE_MSE = 1 / 6  # Var(U1 + U2) for two independent U(0, 1): the MSE of always predicting 1
 
 
@@ -58,6 +60,9 @@ class AddingDataModule(L.LightningDataModule):
         if not self.datasets:  # each split has its own seed, so train_size never changes val or test
             self.datasets = {split: make_adding(n, self.length, torch.Generator().manual_seed(self.seed * 3 + i))
                              for i, (split, n) in enumerate(self.sizes.items())}
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return to_device_keeping_lengths(batch, device)
 
     def train_dataloader(self):
         return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,

@@ -387,9 +387,12 @@ class ReviewDataset(Dataset):
         return self.sequences[i], self.labels[i]
 
 
-def collate(batch, pad_to: int | None = None):
+def collate(batch, pad_to: int | None = None, longest_first: bool = False):
     """Right-pad a batch to its own longest review (or to pad_to). Returns
-    ids (B, T) int64, lengths (B,) int64 on CPU as pack_padded_sequence wants, labels (B,) float32."""
+    ids (B, T) int64, lengths (B,) int64 on CPU as pack_padded_sequence wants, labels (B,) float32.
+    longest_first sorts the batch by length, so that packing on the GPU needs no reordering (no host sync)."""
+    if longest_first:
+        batch = sorted(batch, key=lambda item: -len(item[0]))
     lengths = torch.tensor([len(ids) for ids, _ in batch], dtype=torch.int64)
     width = pad_to or int(lengths.max())
     padded = np.full((len(batch), width), PAD_ID, dtype=np.int64)  # (B, T)
@@ -397,6 +400,13 @@ def collate(batch, pad_to: int | None = None):
         padded[row, : len(ids)] = ids
     labels = torch.tensor(np.asarray([y for _, y in batch]), dtype=torch.float32)
     return torch.from_numpy(padded), lengths, labels
+
+
+def to_device_keeping_lengths(batch, device: torch.device):
+    """Move ids and labels to the device and leave lengths on the CPU, where pack_padded_sequence reads them:
+    a round trip through the GPU would make every step wait for the GPU to catch up (a host sync)."""
+    ids, lengths, labels = batch
+    return ids.to(device, non_blocking=True), lengths, labels.to(device, non_blocking=True)
 
 
 class BucketSampler(Sampler[int]):
@@ -422,7 +432,11 @@ class BucketSampler(Sampler[int]):
         for pool in pools:
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
             batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        order = np.concatenate([batches[b] for b in rng.permutation(len(batches))]) if batches else order
+        # the DataLoader cuts this stream into runs of batch_size: a short batch anywhere but last would shift every
+        # later cut across two length groups (IMDB: 79% of the computed steps real instead of 97%)
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        order = np.concatenate([full[b] for b in rng.permutation(len(full))] + short) if batches else order
         skip, self.skip = self.skip, 0
         yield from order[skip:].tolist()
 
@@ -508,7 +522,7 @@ class IMDBDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             shuffle=train and sampler is None,
-            collate_fn=functools.partial(collate, pad_to=pad_to),
+            collate_fn=functools.partial(collate, pad_to=pad_to, longest_first=True),
             num_workers=self.num_workers,
             # name the start method: inside joblib's loky workers the inherited default context cannot start
             # DataLoader workers ("'Process' object has no attribute 'env'")
@@ -516,6 +530,9 @@ class IMDBDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return to_device_keeping_lengths(batch, device)
 
     def skip_batches(self, n: int) -> None:
         """Resume mid-epoch: the next pass over the training data leaves out its first n batches, so the run goes

@@ -72,7 +72,10 @@ class StackedRNNClassifier(L.LightningModule):
         self.classifier = nn.Linear(units * (2 if bidirectional else 1), 1)
         if init == "keras":
             self.keras_init()
-        self.train_acc, self.val_acc, self.test_acc = BinaryAccuracy(), BinaryAccuracy(), BinaryAccuracy()
+        # validate_args=False: the checks read values on the host, a GPU sync at every step
+        self.val_acc, self.test_acc = BinaryAccuracy(validate_args=False), BinaryAccuracy(validate_args=False)
+        self.train_sums: torch.Tensor | None = None  # (2,) on the device: this epoch's sum of loss*B and of hits
+        self.train_count = 0  # reviews seen this epoch
 
     @torch.no_grad()
     def keras_init(self) -> None:
@@ -118,7 +121,10 @@ class StackedRNNClassifier(L.LightningModule):
         """Output sequence (B, T, D*H) of one recurrent module (fused or single-layer) on right-padded x (B, T, F)."""
         if not self.use_packing(x):
             return rnn(x)[0]  # (B, T, D*H)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        lengths = lengths.cpu()  # no-op for batches from our DataModules, whose lengths stay on the CPU
+        # batches come longest first (IMDBDataModule): then packing reorders nothing on the GPU and never syncs
+        longest_first = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=longest_first)
         out, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         return out  # (B, T, D*H)
 
@@ -143,14 +149,15 @@ class StackedRNNClassifier(L.LightningModule):
     def last_state(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A layer's final hidden state (B, D*H) from its outputs (B, T, D*H), as the fused module's h_n holds
         it: the forward direction at the real last token, the backward direction at step 0."""
-        last = out[torch.arange(len(out), device=out.device), lengths.to(out.device) - 1]  # (B, D*H)
+        lengths = lengths.to(out.device, non_blocking=True)  # pinned CPU lengths: an async copy
+        last = out[torch.arange(len(out), device=out.device), lengths - 1]  # (B, D*H)
         units = self.hparams.units
         return torch.cat([last[:, :units], out[:, 0, units:]], dim=-1) if self.hparams.bidirectional else last
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D*H) over each review's real steps."""
         out = self.run_rnn(ids, lengths)  # (B, T, D*H)
-        lengths = lengths.to(out.device)
+        lengths = lengths.to(out.device, non_blocking=True)
         if self.hparams.pool == "last":
             return self.last_state(out, lengths)
         pool = self.hparams.pool
@@ -163,28 +170,56 @@ class StackedRNNClassifier(L.LightningModule):
         """Logits (B,) of the positive class."""
         return self.classifier(self.head_dropout(self.encode(ids, lengths))).squeeze(-1)
 
-    def _step(self, batch, stage: str, accuracy: BinaryAccuracy) -> torch.Tensor:
-        ids, lengths, labels = batch
-        logits = self(ids, lengths)
-        if self.hparams.task == "regress":  # logits are the prediction itself
-            loss = F.mse_loss(logits.float(), labels)
-            self.log(f"{stage}/mse", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
-            return loss
-        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        accuracy(logits.detach(), labels.long())
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        return loss
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BCE on the logits (B,), or MSE on the prediction itself when task=regress; in float32 under bf16."""
+        fn = F.mse_loss if self.hparams.task == "regress" else F.binary_cross_entropy_with_logits
+        return fn(logits.float(), labels)
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        """Loss and accuracy are summed on the device and handed to self.log only every log_every_n_steps steps
+        (Lightning writes step values no more often) and at the epoch end: the per-step self.log and metric
+        bookkeeping cost the tiny seed model 15% of its speed on CPU."""
+        ids, lengths, labels = batch
+        logits = self(ids, lengths)
+        loss = self.loss(logits, labels)
+        hits = (logits.detach() > 0).eq(labels.bool()).sum() if self.hparams.task == "classify" else loss.new_zeros(())
+        step = torch.stack([loss.detach() * len(labels), hits.float()])  # (2,): stays on the device
+        self.train_sums = step if self.train_sums is None else self.train_sums + step
+        self.train_count += len(labels)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log(f"train/{self.metric_name('loss')}", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def on_train_epoch_start(self):
+        self.train_sums, self.train_count = None, 0
+
+    def on_train_epoch_end(self):
+        if self.train_sums is None:
+            return
+        loss_sum, hits = self.train_sums / self.train_count
+        self.log(f"train/{self.metric_name('loss')}_epoch", loss_sum, sync_dist=True)
+        if self.hparams.task == "classify":
+            self.log("train/acc", hits, sync_dist=True)
+
+    def metric_name(self, name: str) -> str:
+        return "mse" if self.hparams.task == "regress" else name
+
+    def _eval_step(self, batch, stage: str, accuracy: BinaryAccuracy) -> None:
+        ids, lengths, labels = batch
+        logits = self(ids, lengths)
+        loss = self.loss(logits, labels)
+        if self.hparams.task == "regress":
+            self.log(f"{stage}/mse", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+            return
+        accuracy(logits.detach(), labels.long())
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=len(labels))
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_acc)
+        self._eval_step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test", self.test_acc)
+        self._eval_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx):
         ids, lengths, _ = batch
@@ -193,8 +228,10 @@ class StackedRNNClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps) \
-            if hp.weight_decay else torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps)
+        # fused: one kernel for the whole update (CPU too: 1.1 ms instead of 6.1 ms per step for the default GRU)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps,
+                                      fused=True) \
+            if hp.weight_decay else torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps, fused=True)
         if hp.lr_schedule == "constant":
             return optimizer
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)

@@ -127,6 +127,17 @@ def test_bucket_sampler_is_a_seeded_permutation_of_similar_length_batches():
     assert list(sampler) != order
 
 
+def test_bucket_sampler_keeps_the_short_batch_last_so_the_loader_cuts_between_groups():
+    lengths = np.arange(30) // 4  # seven groups of 4 equal lengths and one of 2
+    sampler = BucketSampler(lengths, batch_size=4, seed=0, pool_batches=100)  # one pool: batches are the groups
+    for epoch in range(10):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        cuts = [lengths[order[i : i + 4]] for i in range(0, 30, 4)]  # what the DataLoader makes of the stream
+        assert all(len(set(cut)) == 1 for cut in cuts), (epoch, cuts)
+        assert len(cuts[-1]) == 2
+
+
 def test_train_loader_batches_cover_the_training_set(tiny_archive, tmp_path):
     dm = make_dm(tiny_archive, tmp_path)
     seen = 0
@@ -136,6 +147,16 @@ def test_train_loader_batches_cover_the_training_set(tiny_archive, tmp_path):
         assert (ids[torch.arange(len(ids)), lengths - 1] != 0).all()  # last real token is never padding
         seen += len(ids)
     assert seen == 100
+
+
+def test_batches_come_longest_first_and_lengths_stay_on_the_cpu(tiny_archive, tmp_path):
+    dm = make_dm(tiny_archive, tmp_path)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        ids, lengths, labels = next(iter(loader))
+        assert (lengths[:-1] >= lengths[1:]).all()  # packing needs no reordering on the GPU
+        assert (ids[torch.arange(len(ids)), lengths - 1] != 0).all()  # rows were sorted together with their lengths
+    ids_d, lengths_d, labels_d = dm.transfer_batch_to_device((ids, lengths, labels), torch.device("meta"), 0)
+    assert ids_d.device.type == labels_d.device.type == "meta" and lengths_d.device.type == "cpu"
 
 
 def test_invalid_utf8_and_empty_reviews_are_read_not_fatal(tmp_path):

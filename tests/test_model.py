@@ -114,3 +114,40 @@ def test_real_valued_inputs_replace_the_embedding():
     x = torch.rand(4, 10, 2)
     assert isinstance(model.embedding, torch.nn.Identity) and model.rnn.input_size == 2
     assert model(x, torch.full((4,), 10)).shape == (4,)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packing_gives_the_same_features_whatever_the_batch_order(bidirectional):
+    """Longest-first batches pack without reordering; any other order is reordered and gives the same rows."""
+    torch.manual_seed(0)
+    model = StackedRNNClassifier(50, layers=2, units=8, embed_dim=6, bidirectional=bidirectional, pack="always",
+                                 pool="mean").eval()
+    ids, lengths = batch()  # longest first
+    shuffled = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(model.encode(ids, lengths)[shuffled], model.encode(ids[shuffled], lengths[shuffled]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_cuda_training_step_never_waits_for_the_gpu(bidirectional):
+    """Packed cuDNN forward, backward, clipping and the fused Adam step run with no host sync."""
+    from stacked_rnn.data import collate, to_device_keeping_lengths
+
+    model = StackedRNNClassifier(50, layers=2, units=16, embed_dim=8, bidirectional=bidirectional).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    reviews = [(torch.randint(2, 50, (n,)).numpy(), n % 2) for n in (5, 9, 3, 7)]
+    ids, lengths, labels = collate(reviews, longest_first=True)
+    batch_on_gpu = to_device_keeping_lengths((ids.pin_memory(), lengths.pin_memory(), labels.pin_memory()),
+                                             torch.device("cuda"))
+    for _ in range(2):  # the first step allocates optimizer state
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            ids_d, lengths_d, labels_d = batch_on_gpu
+            loss = model.loss(model(ids_d, lengths_d), labels_d)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
