@@ -141,7 +141,7 @@ def bare_epoch(model, batches, device, cfg) -> float:
 
 
 def compare(name: str, overrides: list[str], archive: Path, cache: Path, device: str, n_batches: int,
-            repeats: int, tmp: Path, extra: list[str]) -> dict:
+            repeats: int, tmp: Path, extra: list[str], compile_bare: bool = False) -> dict:
     """Alternate package and bare passes over the same batches; per-repeat samples/s and their ratio."""
     with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -161,6 +161,8 @@ def compare(name: str, overrides: list[str], archive: Path, cache: Path, device:
     model = instantiate(cfg.model, num_tokens=dm.num_tokens)
     bare = BareRNN(dm.num_tokens, **cfg.model).to(device)
     bare.load_state_dict({k: v for k, v in model.state_dict().items()})  # the same starting weights
+    if compile_bare:
+        bare = torch.compile(bare, dynamic=True)  # batch lengths vary: one graph for all of them
     rows = []
     for r in range(repeats + 1):  # repeat 0 warms up (allocator, cuDNN plans, lazy init) and is dropped
         pkg_s = package_epoch(cfg, model, batches, tmp / name)
@@ -182,8 +184,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, help="batches per pass (default: 60 for default, 400 for seed)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (after one warm-up)")
     parser.add_argument("--cache-dir", type=Path, help="token cache (default: the package's, or a temporary one)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, one per core)")
+    parser.add_argument("--compile-bare", action="store_true",
+                        help="torch.compile the bare loop's model: does compiling help? (ratio < 1: yes)")
     parser.add_argument("--quick", action="store_true", help="a small generated archive, 10 batches, 3 repeats")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners between the timings
     names = args.models.split(",")
     if unknown := [n for n in names if n not in MODELS]:
@@ -201,9 +208,9 @@ def main() -> None:
             args.batches, args.repeats, cache = 10, min(args.repeats, 3), tmp / "cache"
         extra = ["data.val_size=100"] if args.quick or args.archive is None else []
         results = [compare(n, MODELS[n][0], archive, cache or "null", args.device, args.batches or MODELS[n][1],
-                           args.repeats, tmp, extra) for n in names]
+                           args.repeats, tmp, extra, args.compile_bare) for n in names]
     print(f"\ndevice {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"median of {args.repeats} repeats")
+          f"median of {args.repeats} repeats{', bare model torch.compiled' if args.compile_bare else ''}")
     print("| model | batches | package samples/s | bare samples/s | ratio package/bare |\n|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['batches']} | {r['package']:.1f} | {r['bare']:.1f} | {r['ratio']:.3f} |")

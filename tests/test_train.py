@@ -40,6 +40,15 @@ def test_learns_the_tiny_task_and_writes_results(tiny_archive, tmp_path):
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard events belong in the run folder"
 
 
+def test_best_imdb_experiment_trains_with_adamw_and_early_stopping(tiny_archive, tmp_path):
+    results, _ = run_tiny(tiny_archive, tmp_path, "experiment=best_imdb", "trainer.max_epochs=6", "model.lr=3e-2")
+    config = results["config"]
+    assert config["model"]["weight_decay"] == 0.01 and config["model"]["pool"] == "last"
+    assert config["callbacks"]["early_stopping"]["monitor"] == "val/acc"
+    assert config["data"]["vocab_size"] == 100  # command-line overrides still win over the experiment
+    assert results["test_acc"] > 0.8
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_every_cell_and_depth_trains(tiny_archive, tmp_path, cell, layers):

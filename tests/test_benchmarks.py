@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end in their CI-sized --quick mode and print their tables.
+(Their timings are not asserted: they vary with the machine.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_quick(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *args], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in output.splitlines()
+            if line.startswith(f"| {first_cell}")]
+
+
+def test_throughput_compares_package_and_bare_loop_for_both_models():
+    rows = table_rows(run_quick("throughput.py"), "")
+    by_model = {r[0]: r for r in rows if r[0] in ("default", "seed")}
+    assert set(by_model) == {"default", "seed"}
+    for model, batches, package, bare, ratio in by_model.values():
+        assert int(batches) == 10 and float(package) > 0 and float(bare) > 0 and float(ratio) > 0
+
+
+def test_padding_reports_every_variant_at_both_lengths():
+    rows = table_rows(run_quick("padding.py"), "")
+    variants = {(r[0], r[1]) for r in rows if r[0] in ("512", "full")}
+    assert variants == {(m, v) for m in ("512", "full") for v in ("bucketed", "bucketed+packed", "random", "fixed")}
+    real = {(r[0], r[1]): float(r[2].rstrip("%")) for r in rows if r[0] in ("512", "full")}
+    assert real[("512", "bucketed")] > real[("512", "random")]  # bucketing wastes fewer steps on padding
+
+
+def test_data_prep_reports_cold_and_warm_seconds():
+    out = run_quick("data_prep.py")
+    cold, warm = (float(re.search(rf"{kind} .*?([\d.]+) s", out).group(1)) for kind in ("cold", "warm"))
+    assert "reviews: 2,000" in out and cold > warm >= 0  # the cache is read back faster than it was built
+
+
+def test_time_to_accuracy_stops_once_the_target_is_reached():
+    out = run_quick("time_to_accuracy.py", "--target", "0.8")
+    epochs = re.findall(r"epoch (\d+): .* test acc ([\d.]+)", out)
+    assert epochs and float(epochs[-1][1]) >= 0.8 and all(float(acc) < 0.8 for _, acc in epochs[:-1])
+    assert re.search(r"test accuracy [\d.]+ >= 0.8 after epoch \d+: [\d.]+ s of training", out)
