@@ -178,3 +178,18 @@ def test_precision_is_bf16_only_on_cuda():
     assert not train.uses_cuda(cfg)
     cfg = compose_config(["output_dir=/tmp/x", "trainer=gpu"])
     assert train.uses_cuda(cfg) and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_train_metrics_reach_tensorboard_every_n_steps_and_per_epoch(tiny_archive, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results, run_dir = run_tiny(tiny_archive, tmp_path, "trainer.log_every_n_steps=3", "model.lr=1e-2")
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    steps_per_epoch = -(-100 // 8)  # 100 training reviews in batches of 8
+    logged = [e.step for e in events.Scalars("train/loss")]
+    assert logged and all((step + 1) % 3 == 0 for step in logged)  # Lightning's own logging cadence
+    assert len(logged) == (2 * steps_per_epoch) // 3
+    for tag in ("train/loss_epoch", "train/acc", "val/acc"):
+        assert len(events.Scalars(tag)) == 2, tag  # one value per epoch
+    accuracies = [e.value for e in events.Scalars("train/acc")]
+    assert all(0 <= a <= 1 for a in accuracies) and accuracies[1] > 0.5  # the tiny task is being learned
