@@ -154,7 +154,7 @@ def read_archive(archive: Path) -> dict[str, bytes]:
             raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
         reason = " ".join(str(err).split())  # tarfile's "could not be opened" spans lines
         raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({reason})") from err
-    check_layout(reviews, what=f"archive {archive}")
+    check_layout({name.rsplit("/", 1)[0].removeprefix("aclImdb/") for name in reviews}, what=f"archive {archive}")
     return reviews
 
 
@@ -163,9 +163,8 @@ def read_folder(folder: Path) -> dict[str, bytes]:
     return {f"aclImdb/{d}/{f.name}": f.read_bytes() for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")}
 
 
-def check_layout(names, what: str) -> None:
-    """Every one of train/pos, train/neg, test/pos, test/neg must hold at least one review."""
-    present = {name.rsplit("/", 1)[0].removeprefix("aclImdb/") for name in names}
+def check_layout(present: set[str], what: str) -> None:
+    """Every one of train/pos, train/neg, test/pos, test/neg must be among the folders holding reviews."""
     missing = [d for d in SPLIT_DIRS if d not in present]
     if missing:
         raise DataError(
@@ -189,8 +188,7 @@ def resolve_source(root, archive, url, sha256, cache_dir: Path, progress: bool =
         folder = folder / "aclImdb" if (folder / "aclImdb").is_dir() else folder
         if not folder.is_dir():
             raise DataError(f"data.root={root} is not a folder. {HOW_TO_PROVIDE}")
-        check_layout((str(f.relative_to(folder.parent)) for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")),
-                     what=f"data.root={root}")
+        check_layout({d for d in SPLIT_DIRS if any((folder / d).glob("*.txt"))}, what=f"data.root={root}")
         stamp = [(folder / d).stat().st_mtime_ns for d in SPLIT_DIRS]
         return (lambda: read_folder(folder)), f"root:{folder}:{stamp}"
     if archive is not None:

@@ -108,8 +108,10 @@ def test_archive_without_the_layout_is_rejected(tmp_path):
 def test_local_folder_source_gives_the_same_data_as_the_archive(tiny_archive, tmp_path):
     with tarfile.open(tiny_archive) as tar:
         tar.extractall(tmp_path / "x", filter="data")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "x" / "aclImdb").rename(tmp_path / "y" / "my_reviews")  # any folder name, pointed at directly
     loaded = {}
-    for source in (dict(root=str(tmp_path / "x")), dict(archive=str(tiny_archive))):
+    for source in (dict(root=str(tmp_path / "y" / "my_reviews")), dict(archive=str(tiny_archive))):
         dm = IMDBDataModule(**source, cache_dir=str(tmp_path / "cache"), val_size=20, progress=False)
         dm.prepare_data()
         dm.setup()
