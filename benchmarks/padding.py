@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from stacked_rnn.train import build_trainer
-from throughput import EpochTimer  # benchmarks/ is on sys.path when this script runs
+from throughput import EpochTimer, training_only  # benchmarks/ is on sys.path when this script runs
 
 VARIANTS = {
     "bucketed": [],
@@ -52,13 +52,9 @@ def real_fraction(loader) -> tuple[float, int]:
 
 def time_variant(overrides: list[str], device: str, n_batches: int, tmp: Path) -> dict:
     with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *overrides, f"output_dir={tmp}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            "trainer.max_epochs=1", f"+trainer.limit_train_batches={n_batches + 1}", "+trainer.limit_val_batches=0",
-            "trainer.num_sanity_val_steps=0", "+trainer.enable_checkpointing=false", "callbacks.model_checkpoint=null",
-            "callbacks.save_for_resume=null", "trainer.enable_model_summary=false", "data.progress=false",
-            "trainer.enable_progress_bar=false",
-        ])
+        cfg = compose("train", overrides=[*overrides, f"output_dir={tmp}", *training_only(device),
+                                          f"+trainer.limit_train_batches={n_batches + 1}",
+                                          "trainer.enable_progress_bar=false"])
     torch.set_flush_denormal(True)
     L.seed_everything(0, verbose=False)
     dm = instantiate(cfg.data)

@@ -105,6 +105,14 @@ class FixedBatches(L.LightningDataModule):
         return to_device_keeping_lengths(batch, device)
 
 
+def training_only(device: str) -> list[str]:
+    """Overrides for a timed run of the package's Trainer: one epoch on `device`, no validation, no checkpoints."""
+    return [f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "trainer.max_epochs=1",
+            "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "+trainer.enable_checkpointing=false",
+            "callbacks.model_checkpoint=null", "callbacks.save_for_resume=null", "data.progress=false",
+            "trainer.enable_model_summary=false"]
+
+
 def package_epoch(cfg, model, batches, output_dir: Path) -> float:
     """One pass over `batches` with the package's own Trainer; returns its seconds."""
     timer = EpochTimer()
@@ -144,13 +152,8 @@ def compare(name: str, overrides: list[str], archive: Path, cache: Path, device:
             repeats: int, tmp: Path, extra: list[str], compile_bare: bool = False) -> dict:
     """Alternate package and bare passes over the same batches; per-repeat samples/s and their ratio."""
     with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *overrides, f"data.archive={archive}", f"data.cache_dir={cache}", f"output_dir={tmp / name}",
-            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "trainer.max_epochs=1",
-            "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "+trainer.enable_checkpointing=false",
-            "callbacks.model_checkpoint=null", "callbacks.save_for_resume=null", "data.progress=false",
-            "trainer.enable_model_summary=false", *extra,
-        ])
+        cfg = compose("train", overrides=[*overrides, f"data.archive={archive}", f"data.cache_dir={cache}",
+                                          f"output_dir={tmp / name}", *training_only(device), *extra])
     torch.set_flush_denormal(True)  # as stacked_rnn.train.run does
     L.seed_everything(0, verbose=False)
     dm = instantiate(cfg.data)
@@ -160,7 +163,7 @@ def compare(name: str, overrides: list[str], archive: Path, cache: Path, device:
     samples = sum(len(b[2]) for b in batches)
     model = instantiate(cfg.model, num_tokens=dm.num_tokens)
     bare = BareRNN(dm.num_tokens, **cfg.model).to(device)
-    bare.load_state_dict({k: v for k, v in model.state_dict().items()})  # the same starting weights
+    bare.load_state_dict(model.state_dict())  # the same starting weights
     if compile_bare:
         bare = torch.compile(bare, dynamic=True)  # batch lengths vary: one graph for all of them
     rows = []

@@ -328,8 +328,8 @@ def prepare_token_cache(read, source_id: str, cache_dir: Path, vocab_size: int, 
     raw = read()  # {name: bytes}
     reviews = list_reviews(raw)
     splits = split_indices(reviews["train"][1], reviews["test"][1], val_size, limit, seed)
-    names = {split: reviews["test" if split == "test" else "train"][0] for split in splits}
-    texts = [raw[names[split][i]] for split, indices in splits.items() for i in indices]  # train, val, test
+    source = {split: reviews["test" if split == "test" else "train"] for split in splits}  # (names, labels)
+    texts = [raw[source[split][0][i]] for split, indices in splits.items() for i in indices]  # train, val, test
     del raw
     vocab, ids, offsets = encode_all(texts, len(splits["train"]), vocab_size, progress=progress)
     arrays = {"vocab": np.asarray(vocab), "key": np.asarray(json.dumps(key, sort_keys=True))}
@@ -338,7 +338,7 @@ def prepare_token_cache(read, source_id: str, cache_dir: Path, vocab_size: int, 
         last = first + len(indices)
         arrays[f"{split}_ids"] = ids[offsets[first] : offsets[last]]
         arrays[f"{split}_offsets"] = offsets[first : last + 1] - offsets[first]
-        arrays[f"{split}_labels"] = reviews["test" if split == "test" else "train"][1][indices]
+        arrays[f"{split}_labels"] = source[split][1][indices]
         first = last
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:

@@ -222,7 +222,7 @@ GRID_KEYS = ("ckpt", "text", "value", "out", "max_tokens")
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
     from stacked_rnn.data import UNK_ID, encode, truncate_ids, tokenise
-    from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv
+    from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv, run_folder
 
     try:
         args = parse_kv(sys.argv[1:] if argv is None else argv, GRID_KEYS, GRID_USAGE)
@@ -248,7 +248,7 @@ def grid_main(argv: list[str] | None = None) -> int:
     hp = model.hparams
     shown = "hidden-state norm" if value == "norm" else "running read-out"
     fig = plot_grid(grid, tokens, value, f"{hp.cell} x {hp.layers}: {shown} per layer and token")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_folder(path)
     out = Path(args.get("out", run_dir / f"depth_time_{value}.png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

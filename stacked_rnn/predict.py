@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stacked_rnn.data import collate, encode, truncate_ids
+from stacked_rnn.data import collate, decode_review, encode, truncate_ids
 from stacked_rnn.model import StackedRNNClassifier
 
 USAGE = 'usage: python -m stacked_rnn.predict ckpt=PATH [text="..." | file=PATH | (lines on stdin)] [batch_size=256]'
@@ -58,6 +58,11 @@ def find_checkpoint(path: str) -> Path:
     return p
 
 
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (RUN/checkpoints/x.ckpt -> RUN; a loose x.ckpt -> its folder)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def load(path: Path) -> tuple[StackedRNNClassifier, dict]:
     """The model in eval mode and its data state (vocab, max_len, truncate), from a weights-only load."""
     try:
@@ -94,7 +99,7 @@ def read_texts(args: dict[str, str]) -> list[str]:
         path = Path(args["file"]).expanduser()
         if not path.is_file():
             raise PredictError(f"file={args['file']} does not exist")
-        return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        return decode_review(path.read_bytes()).splitlines()
     if sys.stdin.isatty():
         raise PredictError(f"give text=..., file=PATH, or pipe lines into stdin\n{USAGE}")
     return sys.stdin.read().splitlines()

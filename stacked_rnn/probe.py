@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stacked_rnn.diagnostics import final_states, layer_outputs
-from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv
+from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv, run_folder
 
 USAGE = ("usage: python -m stacked_rnn.probe ckpt=RUN_OR_CKPT [max_reviews=2000] [out=DIR] "
          "[archive=PATH | root=DIR] [cache_dir=DIR]")
@@ -80,7 +80,7 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, **data
 
     path = find_checkpoint(ckpt)
     model, data_state = load(path)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_folder(path)
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise PredictError(f"{results_file} is missing: the probe rebuilds the training data from the run's config")

@@ -51,7 +51,6 @@ class Interrupted(RuntimeError):
         self.signum = signum
 
 
-
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
