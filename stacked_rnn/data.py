@@ -35,8 +35,11 @@ IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPLIT_DIRS = ("train/pos", "train/neg", "test/pos", "test/neg")
+URL_FILES = ("train/urls_pos.txt", "train/urls_neg.txt")  # line i: the IMDb page of the movie of review <i>_*.txt
 TRUNCATE_CHOICES = ("head", "tail")
+VAL_SPLITS = ("movie", "random")
 TOKENIZER_VERSION = 2  # bump when tokenise() changes, so cached ids are rebuilt
+CACHE_VERSION = 2  # bump when the cached arrays change (2: validation names and the split actually used)
 
 _TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[!?]")
 
@@ -140,27 +143,35 @@ def _is_review(name: str) -> bool:
     return len(parts) == 4 and parts[0] == "aclImdb" and "/".join(parts[1:3]) in SPLIT_DIRS and name.endswith(".txt")
 
 
+def _is_wanted(name: str) -> bool:
+    """The labelled reviews and the training set's urls files (which movie each review is about)."""
+    return _is_review(name) or name.removeprefix("aclImdb/") in URL_FILES
+
+
 def read_archive(archive: Path) -> dict[str, bytes]:
-    """The labelled reviews of an aclImdb .tar.gz, read straight from the stream: {member name: raw bytes}.
+    """The labelled reviews of an aclImdb .tar.gz, read straight from the stream: {member name: raw bytes},
+    with aclImdb/train/urls_{pos,neg}.txt when the archive has them.
 
     Nothing is extracted, so no member can land outside the cache; links, folders and files outside
     aclImdb/{train,test}/{pos,neg}/ are skipped.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
-            reviews = {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and _is_review(m.name)}
+            reviews = {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and _is_wanted(m.name)}
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if isinstance(err, FileNotFoundError) and not archive.exists():
             raise DataError(f"archive not found: {archive}. {HOW_TO_PROVIDE}") from err
         reason = " ".join(str(err).split())  # tarfile's "could not be opened" spans lines
         raise DataError(f"cannot read archive {archive}: it is corrupt or truncated ({reason})") from err
-    check_layout({name.rsplit("/", 1)[0].removeprefix("aclImdb/") for name in reviews}, what=f"archive {archive}")
+    check_layout({name.rsplit("/", 1)[0].removeprefix("aclImdb/") for name in reviews if _is_review(name)},
+                 what=f"archive {archive}")
     return reviews
 
 
 def read_folder(folder: Path) -> dict[str, bytes]:
-    """The labelled reviews of an extracted aclImdb/ folder, named as in the archive."""
-    return {f"aclImdb/{d}/{f.name}": f.read_bytes() for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")}
+    """The labelled reviews (and urls files) of an extracted aclImdb/ folder, named as in the archive."""
+    reviews = {f"aclImdb/{d}/{f.name}": f.read_bytes() for d in SPLIT_DIRS for f in (folder / d).glob("*.txt")}
+    return reviews | {f"aclImdb/{u}": (folder / u).read_bytes() for u in URL_FILES if (folder / u).is_file()}
 
 
 def check_layout(present: set[str], what: str) -> None:
@@ -208,7 +219,7 @@ def resolve_source(root, archive, url, sha256, cache_dir: Path, progress: bool =
 def list_reviews(names) -> dict[str, tuple[list[str], np.ndarray]]:
     """Names and labels (1 = positive) of the official train and test sets, in a fixed (sorted) order."""
     by_folder = {d: [] for d in SPLIT_DIRS}
-    for name in names:
+    for name in filter(_is_review, names):
         by_folder[name.rsplit("/", 1)[0].removeprefix("aclImdb/")].append(name)
     out = {}
     for split in ("train", "test"):
@@ -223,17 +234,72 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.sort(np.concatenate(picks))
 
 
-def split_indices(train_labels, test_labels, val_size: int, limit: int | None, seed: int) -> dict[str, np.ndarray]:
-    """Stratified, seeded validation split carved from the official train set; then at most
-    `limit` reviews per split, balanced. The test set is always the official test set."""
-    if not 0 < val_size < len(train_labels):
-        raise DataError(f"data.val_size={val_size} must be between 1 and {len(train_labels) - 1} (the train set size - 1)")
+def val_count(val_size: int | float, n_train: int) -> int:
+    """data.val_size as a number of reviews: a fraction in (0, 1) of the official train set, or a count >= 1."""
+    count = round(val_size * n_train) if isinstance(val_size, float) and 0 < val_size < 1 else val_size
+    if not (isinstance(count, int) and 0 < count < n_train):
+        raise DataError(f"data.val_size={val_size!r} is not allowed for {n_train} training reviews: expected a "
+                        f"fraction in (0, 1) or a count from 1 to {n_train - 1}")
+    return count
+
+
+def movie_of_each_review(raw: dict[str, bytes], names: list[str]) -> np.ndarray | None:
+    """The movie (IMDb title URL) of each training review, from train/urls_{pos,neg}.txt, where line i is the
+    movie of review <i>_<rating>.txt; None when the source lacks the urls files or they do not cover every review."""
+    urls = {}
+    for label in ("pos", "neg"):
+        data = raw.get(f"aclImdb/train/urls_{label}.txt")
+        if data is None:
+            return None
+        urls[label] = decode_review(data).split()
+    movies = []
+    for name in names:  # aclImdb/train/pos/1234_8.txt
+        _, _, label, file = name.split("/")
+        review_id = int(file.split("_", 1)[0]) if file.split("_", 1)[0].isdigit() else -1
+        if not 0 <= review_id < len(urls[label]):
+            return None
+        movies.append(urls[label][review_id].removesuffix("/usercomments"))
+    return np.asarray(movies)
+
+
+def class_counts(labels: np.ndarray, count: int) -> dict[int, int]:
+    """How many of `count` reviews each class gets to keep the labels' balance (they add up to count)."""
+    negatives = round(count * float(np.mean(labels == 0)))
+    return {0: negatives, 1: count - negatives}
+
+
+def movie_val_split(labels: np.ndarray, movies: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of about `count` reviews whose movies have no review outside them, stratified by label as far
+    as whole movies allow: movies are taken in a seeded random order, each one only if it keeps both classes
+    within their share of `count`."""
+    targets = class_counts(labels, count)
+    names, movie_index = np.unique(movies, return_inverse=True)
+    members = [[] for _ in names]
+    for i, m in enumerate(movie_index):
+        members[m].append(i)
+    taken, val = {0: 0, 1: 0}, []
+    for m in rng.permutation(len(names)):
+        need = {c: int(np.sum(labels[members[m]] == c)) for c in (0, 1)}
+        if all(taken[c] + need[c] <= targets[c] for c in (0, 1)):
+            val += members[m]
+            taken = {c: taken[c] + need[c] for c in (0, 1)}
+            if taken == targets:
+                break
+    return np.sort(np.asarray(val, dtype=np.int64))
+
+
+def split_indices(train_labels, test_labels, val_size: int | float, limit: int | None, seed: int,
+                  movies: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Seeded validation split carved from the official train set: whole movies when `movies` is given (no
+    movie has reviews on both sides), else stratified random reviews; then at most `limit` reviews per split,
+    balanced. The test set is always the official test set."""
+    count = val_count(val_size, len(train_labels))
     rng = np.random.default_rng(seed)
-    val = []
-    for c in (0, 1):
-        members = rng.permutation(np.flatnonzero(train_labels == c))
-        val.append(members[: round(val_size * len(members) / len(train_labels))])
-    val = np.sort(np.concatenate(val))
+    if movies is not None:
+        val = movie_val_split(train_labels, movies, count, rng)
+    else:
+        targets = class_counts(train_labels, count)
+        val = np.sort(np.concatenate([rng.permutation(np.flatnonzero(train_labels == c))[: targets[c]] for c in (0, 1)]))
     train = np.setdiff1d(np.arange(len(train_labels)), val)
     test = np.arange(len(test_labels))
     splits = {"train": train, "val": val, "test": test}
@@ -313,26 +379,31 @@ def from_flat(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def prepare_token_cache(read, source_id: str, cache_dir: Path, vocab_size: int, val_size: int,
-                        limit: int | None, seed: int, progress: bool = True) -> Path:
-    """Tokenise the reviews once and store ids, labels and vocabulary as one .npz in the cache.
+def prepare_token_cache(read, source_id: str, cache_dir: Path, vocab_size: int, val_size: int | float,
+                        limit: int | None, seed: int, progress: bool = True, val_split: str = "movie") -> Path:
+    """Tokenise the reviews once and store ids, labels, vocabulary and the validation reviews' names as one
+    .npz in the cache.
 
     The file name hashes everything that changes the ids, so a changed setting makes a new file
     and an unchanged one is read back in well under a second.
     """
     key = dict(source=source_id, vocab_size=vocab_size, val_size=val_size, limit=limit, seed=seed,
-               tokenizer=TOKENIZER_VERSION)
+               val_split=val_split, tokenizer=TOKENIZER_VERSION, cache=CACHE_VERSION)
     path = cache_dir / "tokens" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".npz")
     if path.exists():
         return path
     raw = read()  # {name: bytes}
     reviews = list_reviews(raw)
-    splits = split_indices(reviews["train"][1], reviews["test"][1], val_size, limit, seed)
+    movies = movie_of_each_review(raw, reviews["train"][0]) if val_split == "movie" else None
+    splits = split_indices(reviews["train"][1], reviews["test"][1], val_size, limit, seed, movies)
     source = {split: reviews["test" if split == "test" else "train"] for split in splits}  # (names, labels)
+    val_names = [source["val"][0][i].removeprefix("aclImdb/") for i in splits["val"]]  # e.g. train/pos/1234_8.txt
     texts = [raw[source[split][0][i]] for split, indices in splits.items() for i in indices]  # train, val, test
     del raw
     vocab, ids, offsets = encode_all(texts, len(splits["train"]), vocab_size, progress=progress)
-    arrays = {"vocab": np.asarray(vocab), "key": np.asarray(json.dumps(key, sort_keys=True))}
+    arrays = {"vocab": np.asarray(vocab), "key": np.asarray(json.dumps(key, sort_keys=True)),
+              "val_names": np.asarray(val_names, dtype=str), "val_split": np.asarray("movie" if movies is not None
+                                                                                      else "random")}
     first = 0
     for split, indices in splits.items():
         last = first + len(indices)
@@ -352,6 +423,9 @@ def load_token_cache(path: Path) -> dict | None:
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed if np.load fails
             data = {k: z[k] for k in z.files}
+        missing = {"vocab", "val_names", "val_split"} - data.keys()
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
         for split in ("train", "val", "test"):
             offsets = data[f"{split}_offsets"]
             if offsets[-1] != len(data[f"{split}_ids"]) or len(offsets) != len(data[f"{split}_labels"]) + 1:
@@ -440,7 +514,8 @@ class BucketSampler(Sampler[int]):
 
 
 class IMDBDataModule(L.LightningDataModule):
-    """IMDB reviews as token ids: official train minus a stratified validation split, and the official test set."""
+    """IMDB reviews as token ids: official train minus a validation split (whole movies by default, so that
+    validation never rewards memorising a training movie), and the official test set."""
 
     def __init__(
         self,
@@ -452,9 +527,11 @@ class IMDBDataModule(L.LightningDataModule):
         vocab_size: int = 20000,
         max_len: int = 256,
         truncate: str = "tail",
-        val_size: int = 2500,
+        val_size: int | float = 0.1,
+        val_split: str = "movie",
         limit: int | None = None,
         seed: int = 0,
+        order_seed: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -466,10 +543,15 @@ class IMDBDataModule(L.LightningDataModule):
         super().__init__()
         if truncate not in TRUNCATE_CHOICES:
             raise DataError(f"data.truncate={truncate!r} is not one of {TRUNCATE_CHOICES}")
+        if val_split not in VAL_SPLITS:
+            raise DataError(f"data.val_split={val_split!r} is not one of {VAL_SPLITS}")
         self.source_args = (root, archive, url, sha256)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.vocab_size, self.max_len, self.truncate = vocab_size, max_len, truncate
-        self.val_size, self.limit, self.seed = val_size, limit, seed
+        self.val_size, self.val_split, self.limit, self.seed = val_size, val_split, limit, seed
+        self.order_seed = seed if order_seed is None else order_seed  # batch order; the split keeps `seed`
+        self.val_names: list[str] = []  # the validation reviews, e.g. train/pos/1234_8.txt (for splits.json)
+        self.val_split_used = val_split  # random when movie was asked for but the source has no urls files
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.bucket, self.fixed_length, self.progress = bucket, fixed_length, progress
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -485,7 +567,7 @@ class IMDBDataModule(L.LightningDataModule):
             return
         read, source_id = resolve_source(*self.source_args, cache_dir=self.cache_dir, progress=self.progress)
         self.cache_path = prepare_token_cache(read, source_id, self.cache_dir, self.vocab_size, self.val_size,
-                                              self.limit, self.seed, self.progress)
+                                              self.limit, self.seed, self.progress, self.val_split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -497,6 +579,13 @@ class IMDBDataModule(L.LightningDataModule):
             self.prepare_data()
             data = load_token_cache(self.cache_path)
         self.vocab = data["vocab"].tolist()
+        self.val_names, self.val_split_used = data["val_names"].tolist(), str(data["val_split"])
+        if self.val_split == "movie" and self.val_split_used != "movie":
+            import warnings
+
+            warnings.warn("data.val_split=movie needs aclImdb/train/urls_pos.txt and urls_neg.txt (the movie of each "
+                          "review), which this data source lacks: falling back to data.val_split=random, whose "
+                          "validation reviews share movies with the training reviews")
         for split in ("train", "val", "test"):
             seqs = [truncate_ids(s, self.max_len, self.truncate)
                     for s in from_flat(data[f"{split}_ids"], data[f"{split}_offsets"])]
@@ -509,7 +598,7 @@ class IMDBDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.datasets[split]
-        sampler = BucketSampler(ds.lengths, batch_size, self.seed) if train and self.bucket else None
+        sampler = BucketSampler(ds.lengths, batch_size, self.order_seed) if train and self.bucket else None
         if sampler is not None:
             self._train_sampler, sampler.skip, self._skip_batches = sampler, self._skip_batches * batch_size, 0
         if not train:  # evaluation order does not matter: sort by length for the least padding
@@ -531,6 +620,14 @@ class IMDBDataModule(L.LightningDataModule):
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return to_device_keeping_lengths(batch, device)
+
+    def write_splits(self, folder: Path) -> Path:
+        """splits.json in the run folder: how validation was carved and which reviews it holds, for audit."""
+        path = Path(folder) / "splits.json"
+        path.write_text(json.dumps({
+            "val_split": self.val_split_used, "val_size": self.val_size, "seed": self.seed, "limit": self.limit,
+            "sizes": {k: len(v) for k, v in self.datasets.items()}, "val": self.val_names}, indent=1))
+        return path
 
     def skip_batches(self, n: int) -> None:
         """Resume mid-epoch: the next pass over the training data leaves out its first n batches, so the run goes

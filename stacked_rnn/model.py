@@ -72,6 +72,7 @@ class StackedRNNClassifier(L.LightningModule):
         self.classifier = nn.Linear(units * (2 if bidirectional else 1), 1)
         if init == "keras":
             self.keras_init()
+
         # validate_args=False: the checks read values on the host, a GPU sync at every step
         self.val_acc, self.test_acc = BinaryAccuracy(validate_args=False), BinaryAccuracy(validate_args=False)
         self.train_sums: torch.Tensor | None = None  # (2,) on the device: this epoch's sum of loss*B and of hits
@@ -80,10 +81,13 @@ class StackedRNNClassifier(L.LightningModule):
     @torch.no_grad()
     def keras_init(self) -> None:
         """Keras defaults: embeddings U(-0.05, 0.05), Glorot-uniform input and output weights,
-        orthogonal recurrent weights, zero biases (LSTM forget gate 1).
+        orthogonal recurrent weights, zero biases (LSTM forget gate 1), and Keras's ONE bias per gate for
+        SimpleRNN and LSTM (the recurrent bias b_hh stays zero and frozen; Keras's GRU has two, kept).
 
         PyTorch's defaults (N(0, 1) embeddings, U(+-1/sqrt(H)) everywhere) saturate a small tanh RNN
-        from the first step; this is what lets the 5-unit SimpleRNN reference learn in 2 epochs.
+        from the first step. And b_ih + b_hh get identical gradients, so Adam moves their sum twice as fast
+        as Keras's single bias: 16 seeds of the 5-unit reference got stuck below 0.72 twice with it, never
+        without it (docs/seed_fidelity.md).
         """
         if isinstance(self.embedding, nn.Embedding):
             nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
@@ -101,6 +105,8 @@ class StackedRNNClassifier(L.LightningModule):
                 param.zero_()
                 if self.hparams.cell == "lstm" and name.startswith("bias_ih"):
                     param.chunk(4)[1].fill_(1.0)  # gate order i, f, g, o
+                if self.hparams.cell in ("rnn", "lstm") and name.startswith("bias_hh"):
+                    param.requires_grad_(False)  # one bias per gate, as Keras
         nn.init.xavier_uniform_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
@@ -114,8 +120,11 @@ class StackedRNNClassifier(L.LightningModule):
         )
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
-        """What the first recurrent layer reads: embedded ids (B, T) -> (B, T, E), or features (B, T, F) as they are."""
-        return self.embed_dropout(self.embedding(ids))
+        """What the first recurrent layer reads: embedded ids (B, T) -> (B, T, E) with embed_dropout, or real-valued
+        features (B, T, F) as they are: dropping the adding task's marker would hide which steps count."""
+        if self.hparams.input_dim:
+            return ids  # (B, T, F)
+        return self.embed_dropout(self.embedding(ids))  # (B, T, E)
 
     def run_module(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Output sequence (B, T, D*H) of one recurrent module (fused or single-layer) on right-padded x (B, T, F)."""

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
 from stacked_rnn.callbacks import ExactResume, History, SaveForResume, StopOnNonFiniteLoss, is_int
-from stacked_rnn.data import TRUNCATE_CHOICES, DataError
+from stacked_rnn.data import TRUNCATE_CHOICES, VAL_SPLITS, DataError
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
 
 log = logging.getLogger("stacked_rnn")
@@ -87,10 +87,13 @@ def check_config(cfg: DictConfig) -> None:
             ("data.vocab_size", d.vocab_size, is_int(d.vocab_size) and d.vocab_size >= 3,
              "an integer >= 3 (<pad>, <unk> and at least one word)"),
             ("data.truncate", d.truncate, d.truncate in TRUNCATE_CHOICES, f"one of {TRUNCATE_CHOICES}"),
-            ("data.val_size", d.val_size, is_int(d.val_size) and d.val_size >= 1,
-             "an integer >= 1 (and below the number of training reviews)"),
+            ("data.val_size", d.val_size, (is_int(d.val_size) and d.val_size >= 1) or
+             (isinstance(d.val_size, float) and 0 < d.val_size < 1),
+             "a fraction in (0, 1) or a count >= 1 (below the number of training reviews)"),
+            ("data.val_split", d.val_split, d.val_split in VAL_SPLITS, f"one of {VAL_SPLITS}"),
             ("data.limit", d.limit, d.limit is None or (is_int(d.limit) and d.limit >= 2), "null or an integer >= 2"),
             ("data.seed", d.seed, is_int(d.seed), "an integer"),
+            ("data.order_seed", d.order_seed, d.order_seed is None or is_int(d.order_seed), "null or an integer"),
             ("data.batch_size", d.batch_size, is_int(d.batch_size) and d.batch_size >= 1, "an integer >= 1"),
             ("data.eval_batch_size", d.eval_batch_size, is_int(d.eval_batch_size) and d.eval_batch_size >= 1,
              "an integer >= 1"),
@@ -248,6 +251,8 @@ def run(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")
     data_seconds = time.perf_counter() - data_start
+    if hasattr(datamodule, "write_splits") and trainer.is_global_zero:  # which reviews validate this run, for audit
+        datamodule.write_splits(output_dir)
     model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
     if ckpt_path:
         check_resumable(ckpt_path, model)

@@ -24,8 +24,30 @@ def make_review(rng: random.Random, positive: bool) -> str:
     return " ".join(words[:5]) + " <br /><br /> " + " ".join(words[5:]) + "."
 
 
-def write_imdb_archive(path: Path, per_class: int = 60, seed: int = 0, extra_members: list | None = None) -> Path:
-    """A .tar.gz in the official aclImdb/ layout: {train,test}/{pos,neg}/<id>_<rating>.txt."""
+def movie_urls(per_class: int, seed: int) -> dict[str, list[str]]:
+    """urls_{pos,neg}.txt lines as in aclImdb/train: line i is the IMDb page of the movie of review i. Movies hold
+    1 to 5 reviews of either label, like IMDB's up-to-30 reviews per movie."""
+    reviews = [(label, i) for label in ("pos", "neg") for i in range(per_class)]
+    random.Random(seed + 1).shuffle(reviews)
+    urls, movie, start = {"pos": [""] * per_class, "neg": [""] * per_class}, 0, 0
+    while start < len(reviews):
+        size = 1 + movie % 5
+        for label, i in reviews[start : start + size]:
+            urls[label][i] = f"http://www.imdb.com/title/tt{movie:07d}/usercomments"
+        movie, start = movie + 1, start + size
+    return urls
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_imdb_archive(path: Path, per_class: int = 60, seed: int = 0, extra_members: list | None = None,
+                       urls: bool = True) -> Path:
+    """A .tar.gz in the official aclImdb/ layout: {train,test}/{pos,neg}/<id>_<rating>.txt, and (urls=True)
+    train/urls_{pos,neg}.txt naming each training review's movie."""
     rng = random.Random(seed)
     with tarfile.open(path, "w:gz") as tar:
         for split in ("train", "test"):
@@ -34,10 +56,10 @@ def write_imdb_archive(path: Path, per_class: int = 60, seed: int = 0, extra_mem
                     text = make_review(rng, sentiment == "pos")
                     if split == "test" and sentiment == "pos" and i == 0:
                         text += " onlyintest"  # a word the vocabulary must never see
-                    data = text.encode()
-                    info = tarfile.TarInfo(f"aclImdb/{split}/{sentiment}/{i}_{8 if sentiment == 'pos' else 2}.txt")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                    add_member(tar, f"aclImdb/{split}/{sentiment}/{i}_{8 if sentiment == 'pos' else 2}.txt", text.encode())
+        if urls:
+            for label, lines in movie_urls(per_class, seed).items():
+                add_member(tar, f"aclImdb/train/urls_{label}.txt", ("\n".join(lines) + "\n").encode())
         for info, data in extra_members or []:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_imdb_archive
+import json
+import warnings
+
+from conftest import compose_config, movie_urls, write_imdb_archive
 from stacked_rnn import data
 from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, split_indices, tokenise, truncate_ids
 
@@ -40,6 +43,76 @@ def test_split_is_stratified_seeded_and_disjoint():
     assert np.array_equal(again["val"], splits["val"])
     other = split_indices(train_labels, test_labels, val_size=100, limit=None, seed=4)
     assert not np.array_equal(other["val"], splits["val"])
+
+
+def test_val_size_is_a_fraction_or_a_count_and_a_bad_one_is_named():
+    labels = np.array([1, 0] * 500, dtype=np.int8)
+    assert len(split_indices(labels, labels, val_size=0.1, limit=None, seed=0)["val"]) == 100
+    assert len(split_indices(labels, labels, val_size=37, limit=None, seed=0)["val"]) == 37
+    for bad in (0, 1.0, 1000, 2.5):
+        with pytest.raises(data.DataError, match=rf"data.val_size={bad} is not allowed for 1000 training reviews: "
+                                                 r"expected a fraction in \(0, 1\) or a count from 1 to 999"):
+            split_indices(labels, labels, val_size=bad, limit=None, seed=0)
+
+
+def test_movie_split_keeps_whole_movies_on_one_side_stratified_and_seeded():
+    rng = np.random.default_rng(0)
+    movies = np.repeat(np.arange(300), rng.integers(1, 30, size=300))  # IMDB: up to 30 reviews per movie
+    labels = rng.integers(0, 2, size=len(movies)).astype(np.int8)
+    splits = split_indices(labels, labels, val_size=0.1, limit=None, seed=1, movies=movies)
+    val, train = splits["val"], splits["train"]
+    assert not set(movies[val]) & set(movies[train])
+    assert abs(len(val) - round(0.1 * len(movies))) <= 2  # whole movies fill the count (almost) exactly
+    assert abs(labels[val].mean() - labels.mean()) < 0.02  # stratified as far as grouping allows
+    again = split_indices(labels, labels, val_size=0.1, limit=None, seed=1, movies=movies)["val"]
+    other = split_indices(labels, labels, val_size=0.1, limit=None, seed=2, movies=movies)["val"]
+    assert np.array_equal(again, val) and not np.array_equal(other, val)
+
+
+def test_tiny_archive_validation_shares_no_movie_and_is_written_to_splits_json(tiny_archive, tmp_path):
+    dm = make_dm(tiny_archive, tmp_path)
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 100, "val": 20, "test": 120}
+    assert dm.datasets["val"].labels.mean() == 0.5
+    urls = movie_urls(60, 0)  # what write_imdb_archive put in train/urls_{pos,neg}.txt
+
+    def movie(name):  # train/pos/12_8.txt -> the movie of review 12 of pos
+        label, file = name.split("/")[1:]
+        return urls[label][int(file.split("_")[0])]
+
+    val_movies = {movie(n) for n in dm.val_names}
+    every = {f"train/{label}/{i}_{8 if label == 'pos' else 2}.txt" for label in ("pos", "neg") for i in range(60)}
+    train_movies = {movie(n) for n in every - set(dm.val_names)}
+    assert len(dm.val_names) == 20 and not val_movies & train_movies
+    written = json.loads(dm.write_splits(tmp_path).read_text())
+    assert written["val_split"] == "movie" and sorted(written["val"]) == sorted(dm.val_names)
+    assert written["sizes"] == {"train": 100, "val": 20, "test": 120}
+
+
+def test_a_source_without_urls_files_falls_back_to_random_with_one_warning(tmp_path):
+    archive = write_imdb_archive(tmp_path / "nourls.tar.gz", urls=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = make_dm(archive, tmp_path / "cache")
+    said = [str(w.message) for w in caught if "val_split" in str(w.message)]
+    assert len(said) == 1 and "falling back to data.val_split=random" in said[0]
+    assert len(dm.datasets["val"]) == 20
+    assert json.loads(dm.write_splits(tmp_path).read_text())["val_split"] == "random"
+    with warnings.catch_warnings(record=True) as caught:  # asking for random says nothing
+        warnings.simplefilter("always")
+        make_dm(archive, tmp_path / "cache", val_split="random")
+    assert not [w for w in caught if "val_split" in str(w.message)]
+
+
+def test_a_few_hundred_reviews_train_with_default_settings_and_a_limit(tiny_archive, tmp_path):
+    from stacked_rnn import train
+
+    cfg = compose_config([f"data.archive={tiny_archive}", f"data.cache_dir={tmp_path / 'cache'}",
+                          f"output_dir={tmp_path / 'run'}", "data.limit=100", "trainer.max_epochs=1",
+                          "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
+    results = train.run(cfg)
+    assert results["status"] == "ok" and results["config"]["data"]["val_size"] == 0.1
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert splits["val_split"] == "movie" and splits["sizes"] == {"train": 100, "val": 12, "test": 100}  # 0.1 of 120
 
 
 def test_limit_gives_balanced_splits():

@@ -1,0 +1,86 @@
+"""Seed fidelity: the distribution of experiment=seed_keras over N seeds, next to Keras's on the same data.
+
+Runs the seeds as one Hydra multirun (joblib, parallel), then prints each seed's best validation and test
+accuracy, their mean, sd, 95% CI and minimum, and the Keras 3 reference distribution (TF 2.21, same IMDB
+data, same model, 2 epochs, seeds 0-7). Any config override may follow.
+
+    python benchmarks/seed_fidelity.py data.archive=../shared/data/aclImdb_labelled.tar.gz
+    python benchmarks/seed_fidelity.py --seeds 8 --jobs 2 data.archive=... data.val_split=random
+    python benchmarks/seed_fidelity.py --quick    # a generated archive and a tiny model (CI-sized)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stacked_rnn.report import summarise
+
+# Keras 3 (TF 2.21), Embedding(10k, 32) -> SimpleRNN(5) x 2 -> Dense(1), last 100 tokens, Adam 1e-3, batch 32,
+# 2 epochs on all 25,000 training reviews, test accuracy of seeds 0-7 (measured for issue 10)
+KERAS = [0.8002, 0.8192, 0.8213, 0.8117, 0.7819, 0.7738, 0.7945, 0.8173]
+QUICK = ["data.vocab_size=100", "data.max_len=32", "trainer.max_epochs=2"]
+
+
+def describe(name: str, values: list[float]) -> str:
+    s = summarise(values)
+    sd = f"{s['sd']:.4f}" if s["sd"] is not None else "-"
+    ci = f"{s['ci95']:.4f}" if s["ci95"] is not None else "-"
+    return f"| {name} | {s['n']} | {s['mean']:.4f} | {sd} | {ci} | {min(values):.4f} | {max(values):.4f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1 (default 8)")
+    parser.add_argument("--jobs", type=int, default=2, help="jobs run at once (joblib; default 2)")
+    parser.add_argument("--quick", action="store_true", help="a generated archive and a tiny model")
+    parser.add_argument("--out", default=None, help="sweep folder (default: a temporary one)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m stacked_rnn.train")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        overrides = list(args.overrides)
+        if args.quick:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from conftest import write_imdb_archive
+
+            archive = write_imdb_archive(tmp / "quick.tar.gz", per_class=100)
+            overrides = [f"data.archive={archive}", f"data.cache_dir={tmp / 'cache'}", *QUICK, *overrides]
+        sweep = Path(args.out) if args.out else tmp / "sweep"
+        command = [sys.executable, "-m", "stacked_rnn.train", "-m", "experiment=seed_keras",
+                   f"seed=range(0,{args.seeds})", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}",
+                   "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+                   f"hydra.sweep.dir={sweep}", *overrides]
+        print("$", " ".join(command[1:]), flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        results = {}
+        for path in sweep.glob("*/results.json"):
+            r = json.loads(path.read_text())
+            if r.get("status") == "ok":
+                results[r["config"]["seed"]] = r
+    if len(results) < args.seeds:
+        sys.exit(f"only {len(results)} of {args.seeds} seeds finished")
+    seeds = sorted(results)
+    print(f"\n{args.seeds} seeds in {wall:.0f} s wall ({args.jobs} at once) on {results[seeds[0]]['device']}; "
+          f"overrides: {' '.join(args.overrides) or '(none)'}\n")
+    print("| seed | best val acc | test acc | epochs | train s |\n|---|---|---|---|---|")
+    for seed in seeds:
+        r = results[seed]
+        print(f"| {seed} | {r['best_val_acc']:.4f} | {r['test_acc']:.4f} | {r['epochs']} | {r['train_seconds']:.1f} |")
+    tests = [results[s]["test_acc"] for s in seeds]
+    print("\n| test accuracy | n | mean | sd | 95% CI ± | min | max |\n|---|---|---|---|---|---|---|")
+    print(describe("stacked_rnn", tests))
+    print(describe("Keras 3 (reference)", KERAS))
+
+
+if __name__ == "__main__":
+    main()
