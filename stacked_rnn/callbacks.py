@@ -4,6 +4,7 @@ early stopping) come from conf/callbacks; gradient flow lives in diagnostics.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -110,13 +111,23 @@ class ExactResume(L.Callback):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, trainer.current_epoch]).generate_state(1)[0]))
 
 
+def submitit_requeue_signal() -> signal.Signals | None:
+    """The signal Slurm sends before a time-limit or preemption kill of a submitit job (sbatch --signal, USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise); None outside a job of hydra/launcher=slurm."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+
+
 class SaveForResume(L.Callback):
     """Write <dirpath>/last.ckpt at every epoch end (Lightning 2.6's save_last writes it only with a new best),
     every `every_n_train_steps` steps (a kill -9 loses at most that many) and when SIGTERM or Ctrl-C stops
     training; `ckpt_path=last` resumes from it.
 
     Ctrl-C is handed to Lightning's SIGTERM handling, which stops at the end of the current batch, so the
-    saved state never holds half an optimizer step. A second Ctrl-C stops at once, without saving."""
+    saved state never holds half an optimizer step. A second Ctrl-C stops at once, without saving. In a Slurm job
+    of hydra/launcher=slurm, Slurm's pre-kill signal (submitit's USR2) stops training the same way; train.py then
+    hands it to submitit, which requeues the job."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
         if not is_int(every_n_train_steps) or every_n_train_steps < 0:
@@ -128,10 +139,26 @@ class SaveForResume(L.Callback):
         self.saved: Path | None = None
         self._saved_step = -1
         self._sigint = None
+        self._requeue = None  # (signal, submitit's handler) while training in a Slurm job
+        self._trainer = None
 
     def on_train_start(self, trainer, pl_module):  # after Lightning has put its own SIGTERM handler in place
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            requeue_signal = submitit_requeue_signal()
+            if requeue_signal is not None:
+                self._trainer = trainer
+                self._requeue = (requeue_signal, signal.signal(requeue_signal, self._on_requeue_signal))
+
+    def _on_requeue_signal(self, signum, frame):
+        """Slurm will kill this job soon: stop after this batch and save (submitit's handler is called later).
+        Only rank 0 raises Lightning's stop flag (no collective inside a signal handler): Lightning broadcasts
+        rank 0's flag after every batch, so all ranks stop at the same step."""
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} from Slurm: stopping after this batch, saving last.ckpt, then "
+              "requeueing", file=sys.stderr, flush=True)
+        if self._trainer is not None and self._trainer.is_global_zero:
+            self._trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
 
     def _on_sigint(self, signum, frame):
         on_sigterm = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer to stop after this batch
@@ -146,6 +173,9 @@ class SaveForResume(L.Callback):
         if self._sigint is not None:
             signal.signal(signal.SIGINT, self._sigint)
             self._sigint = None
+        if self._requeue is not None:
+            signal.signal(*self._requeue)
+            self._requeue = self._trainer = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
