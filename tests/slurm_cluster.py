@@ -86,10 +86,11 @@ def start(folder: Path, timeout: float = 60) -> dict:
             subprocess.run(["mungekey", "--create"], check=False, capture_output=True)
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
-        pidfile = folder / "munged.pid"
+        pidfile = Path("/run/munge/munged.pid")  # where the munge user may write it
         subprocess.run(["runuser", "-u", "munge", "--", "munged", f"--pid-file={pidfile}"] if shutil.which("runuser")
                        else ["munged", "--force", f"--pid-file={pidfile}"], check=False, capture_output=True)
         started["munged_pidfile"] = str(pidfile)
+        (folder / "munged.started").touch()  # so `stop FOLDER` stops it too
         if not wait_for(munge_works, 15):
             stop(started)
             raise ClusterUnavailable("munged did not come up (see /var/log/munge/munged.log)")
@@ -147,5 +148,62 @@ if __name__ == "__main__":
               f"Stop it with: python3 tests/slurm_cluster.py stop {folder}")
     else:
         pids = [str(folder / "slurmctld.pid"), str(folder / "slurmd.pid")]
-        stop({"pids": pids, **({"munged_pidfile": str(folder / "munged.pid")}
-                               if (folder / "munged.pid").exists() else {})})
+        stop({"pids": pids, **({"munged_pidfile": "/run/munge/munged.pid"} if (folder / "munged.started").exists()
+                               else {})})
+
+
+class PreemptOnce:
+    """Test callback: at `at_step` of a Slurm job's first run, have Slurm send the job the pre-kill signal
+    (scancel --signal=USR2, as sbatch --signal does before a time limit), and record where each run starts and
+    stops in attempts.jsonl. Added with +callbacks.preempt._target_=slurm_cluster.PreemptOnce (tests/ on PYTHONPATH)."""
+
+    def __new__(cls, *args, **kwargs):  # a Lightning Callback, built lazily so this module imports without Lightning
+        import lightning as L
+
+        class _PreemptOnce(L.Callback):
+            def __init__(self, at_step: int, signal_name: str = "USR2"):
+                self.at_step, self.signal_name = at_step, signal_name
+
+            def record(self, trainer, event: str) -> None:
+                if trainer.is_global_zero:
+                    import json
+
+                    with open(Path(trainer.default_root_dir) / "attempts.jsonl", "a") as f:
+                        f.write(json.dumps({"event": event, "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+                                            "epoch": trainer.current_epoch, "step": trainer.global_step}) + "\n")
+
+            def on_train_start(self, trainer, pl_module):
+                self.record(trainer, "start")
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step == self.at_step and int(os.environ.get("SLURM_RESTART_COUNT", 0)) == 0 \
+                        and trainer.is_global_zero:
+                    subprocess.run(["scancel", f"--signal={self.signal_name}", os.environ["SLURM_JOB_ID"]], check=True)
+                    wait_for(lambda: trainer.received_sigterm, 30)  # the handler runs between these sleeps
+
+            def on_exception(self, trainer, pl_module, exception):
+                self.record(trainer, f"stopped by {type(exception).__name__}")
+
+            def on_train_end(self, trainer, pl_module):
+                self.record(trainer, "end")
+
+        return _PreemptOnce(*args, **kwargs)
+
+
+def slurm_cluster_fixture(tmp_path_factory):
+    """A running one-node cluster for the session (SLURM_CONF set), stopped afterwards; skips saying why not."""
+    import pytest
+
+    previous = os.environ.get("SLURM_CONF")
+    try:
+        started = start(tmp_path_factory.mktemp("slurm"))
+    except ClusterUnavailable as err:
+        pytest.skip(f"no Slurm cluster: {err}")
+    try:
+        yield started
+    finally:
+        stop(started)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
