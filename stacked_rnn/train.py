@@ -342,8 +342,12 @@ def requeue_with_submitit(cfg: DictConfig, err: Interrupted) -> None:
     from submitit.core.utils import UncompletedJobError
 
     log.warning(f"stopped by Slurm: {err}".splitlines()[0])
+    handler = signal.getsignal(err.signum)
+    if not callable(handler):  # not started by submitit's job runner: nothing can requeue this job
+        record_failure(cfg, err)
+        return
     try:
-        signal.getsignal(err.signum)(err.signum, None)  # rank 0: requeue and sys.exit; other ranks: return
+        handler(err.signum, None)  # rank 0: requeue and sys.exit; other ranks: return
     except UncompletedJobError as refused:  # e.g. timed out more than hydra.launcher.max_num_timeout times
         record_failure(cfg, Interrupted(f"{err} ({refused})", err.signum))
         return

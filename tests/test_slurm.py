@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from omegaconf import OmegaConf
+
+from conftest import compose_config, tiny_overrides
 from slurm_cluster import slurm_cluster_fixture
+from stacked_rnn import train as train_module
+from stacked_rnn.callbacks import submitit_requeue_signal
 
 TESTS = Path(__file__).parent
 slurm_cluster = pytest.fixture(scope="session")(slurm_cluster_fixture)
@@ -48,6 +53,46 @@ def train(tmp_path, archive, *args, multirun=True):
 
 def results(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")}
+
+
+SLURM_TASK_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
+                  "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7"}
+
+
+@pytest.mark.parametrize("in_slurm", [True, False])
+def test_ddp_in_a_multirun_spawns_only_outside_slurm(in_slurm, monkeypatch, tmp_path):
+    """Under Slurm each task is a rank (plain ddp, submitit owns the requeue signal); a local multirun spawns."""
+    for key, value in SLURM_TASK_ENV.items():
+        monkeypatch.setenv(key, value) if in_slurm else monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm") if in_slurm else monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.setattr(train_module, "is_multirun", lambda: True)
+    cfg = compose_config(tiny_overrides(Path("unused.tar.gz"), tmp_path, tmp_path, "trainer=ddp", "trainer.devices=1"))
+    trainer = train_module.build_trainer(cfg, tmp_path)
+    assert trainer.strategy._start_method == ("popen" if in_slurm else "spawn")  # ddp vs ddp_spawn
+    environment = trainer._accelerator_connector.cluster_environment
+    assert (type(environment).__name__ == "SLURMEnvironment" and not environment.auto_requeue) is in_slurm
+
+
+def test_requeue_signal_and_requeued_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert submitit_requeue_signal() is None
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert submitit_requeue_signal() == signal.SIGUSR2
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    assert submitit_requeue_signal() == signal.SIGUSR1
+
+    cfg = OmegaConf.create({"output_dir": str(tmp_path), "ckpt_path": None})
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert train_module.requeued_checkpoint(cfg) is None, "no last.ckpt yet: start from scratch"
+    last.parent.mkdir()
+    last.touch()
+    assert train_module.requeued_checkpoint(cfg) == last
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert train_module.requeued_checkpoint(cfg) is None, "a first run never resumes on its own"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert train_module.requeued_checkpoint(OmegaConf.create({"output_dir": str(tmp_path), "ckpt_path": "x.ckpt"})) \
+        is None, "an explicit ckpt_path wins"
 
 
 @pytest.mark.slow
