@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -97,6 +98,10 @@ class ExactResume(L.Callback):
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
         mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
         if mid_epoch and trainer.state.fn == TrainerFn.FITTING:
+            if trainer.world_size > 1:  # skip_batches counts one sampler's batches, not each rank's share
+                warnings.warn("resuming a DDP run mid-epoch: this epoch's data starts again from its first batch "
+                              "(exact resume needs a single process)")
+                return
             if hasattr(trainer.datamodule, "skip_batches"):
                 trainer.datamodule.skip_batches(progress["current"]["completed"])
             self.rng_state = checkpoint["callbacks"].get(self.state_key)
@@ -140,25 +145,30 @@ class SaveForResume(L.Callback):
         self._saved_step = -1
         self._sigint = None
         self._requeue = None  # (signal, submitit's handler) while training in a Slurm job
-        self._trainer = None
 
     def on_train_start(self, trainer, pl_module):  # after Lightning has put its own SIGTERM handler in place
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
             requeue_signal = submitit_requeue_signal()
             if requeue_signal is not None:
-                self._trainer = trainer
                 self._requeue = (requeue_signal, signal.signal(requeue_signal, self._on_requeue_signal))
 
     def _on_requeue_signal(self, signum, frame):
-        """Slurm will kill this job soon: stop after this batch and save (submitit's handler is called later).
-        Only rank 0 raises Lightning's stop flag (no collective inside a signal handler): Lightning broadcasts
-        rank 0's flag after every batch, so all ranks stop at the same step."""
+        """Slurm will kill this job soon: note it; on_train_batch_end stops training (submitit's handler runs later)."""
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} from Slurm: stopping after this batch, saving last.ckpt, then "
               "requeueing", file=sys.stderr, flush=True)
-        if self._trainer is not None and self._trainer.is_global_zero:
-            self._trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+
+    def _stop_for_requeue(self, trainer) -> None:
+        """Stop after this batch when any rank got Slurm's signal. The ranks agree first (one small all-reduce
+        per step, in Slurm jobs with DDP only): a rank stopping alone would leave the others waiting forever."""
+        stop = self.signum == self._requeue[0]
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.signum = self._requeue[0]
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets: it raises
+            # SIGTERMException after this batch, and on_exception saves last.ckpt
 
     def _on_sigint(self, signum, frame):
         on_sigterm = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer to stop after this batch
@@ -175,9 +185,11 @@ class SaveForResume(L.Callback):
             self._sigint = None
         if self._requeue is not None:
             signal.signal(*self._requeue)
-            self._requeue = self._trainer = None
+            self._requeue = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._requeue is not None:
+            self._stop_for_requeue(trainer)
         step = trainer.global_step
         if self.every and step % self.every == 0 and step != self._saved_step \
                 and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch-end save follows

@@ -154,7 +154,7 @@ if __name__ == "__main__":
 
 class PreemptOnce:
     """Test callback: at `at_step` of a Slurm job's first run, have Slurm send the job the pre-kill signal
-    (scancel --signal=USR2, as sbatch --signal does before a time limit), and record where each run starts and
+    (scancel --signal=USR2, as sbatch --signal does before a time limit; training stops after the next batch), and record where each run starts and
     stops in attempts.jsonl. Added with +callbacks.preempt._target_=slurm_cluster.PreemptOnce (tests/ on PYTHONPATH)."""
 
     def __new__(cls, *args, **kwargs):  # a Lightning Callback, built lazily so this module imports without Lightning
@@ -179,7 +179,8 @@ class PreemptOnce:
                 if trainer.global_step == self.at_step and int(os.environ.get("SLURM_RESTART_COUNT", 0)) == 0 \
                         and trainer.is_global_zero:
                     subprocess.run(["scancel", f"--signal={self.signal_name}", os.environ["SLURM_JOB_ID"]], check=True)
-                    wait_for(lambda: trainer.received_sigterm, 30)  # the handler runs between these sleeps
+                    saver = next(c for c in trainer.callbacks if type(c).__name__ == "SaveForResume")
+                    wait_for(lambda: saver.signum is not None, 30)  # the handler runs between these sleeps
 
             def on_exception(self, trainer, pl_module, exception):
                 self.record(trainer, f"stopped by {type(exception).__name__}")
