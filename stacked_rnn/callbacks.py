@@ -4,9 +4,11 @@ early stopping) come from conf/callbacks; gradient flow lives in diagnostics.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -96,6 +98,10 @@ class ExactResume(L.Callback):
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
         mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
         if mid_epoch and trainer.state.fn == TrainerFn.FITTING:
+            if trainer.world_size > 1:  # skip_batches counts one sampler's batches, not each rank's share
+                warnings.warn("resuming a DDP run mid-epoch: this epoch's data starts again from its first batch "
+                              "(exact resume needs a single process)")
+                return
             if hasattr(trainer.datamodule, "skip_batches"):
                 trainer.datamodule.skip_batches(progress["current"]["completed"])
             self.rng_state = checkpoint["callbacks"].get(self.state_key)
@@ -110,13 +116,23 @@ class ExactResume(L.Callback):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, trainer.current_epoch]).generate_state(1)[0]))
 
 
+def submitit_requeue_signal() -> signal.Signals | None:
+    """The signal Slurm sends before a time-limit or preemption kill of a submitit job (sbatch --signal, USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise); None outside a job of hydra/launcher=slurm."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
+
+
 class SaveForResume(L.Callback):
     """Write <dirpath>/last.ckpt at every epoch end (Lightning 2.6's save_last writes it only with a new best),
     every `every_n_train_steps` steps (a kill -9 loses at most that many) and when SIGTERM or Ctrl-C stops
     training; `ckpt_path=last` resumes from it.
 
     Ctrl-C is handed to Lightning's SIGTERM handling, which stops at the end of the current batch, so the
-    saved state never holds half an optimizer step. A second Ctrl-C stops at once, without saving."""
+    saved state never holds half an optimizer step. A second Ctrl-C stops at once, without saving. In a Slurm job
+    of hydra/launcher=slurm, Slurm's pre-kill signal (submitit's USR2) stops training the same way; train.py then
+    hands it to submitit, which requeues the job."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
         if not is_int(every_n_train_steps) or every_n_train_steps < 0:
@@ -128,10 +144,31 @@ class SaveForResume(L.Callback):
         self.saved: Path | None = None
         self._saved_step = -1
         self._sigint = None
+        self._requeue = None  # (signal, submitit's handler) while training in a Slurm job
 
     def on_train_start(self, trainer, pl_module):  # after Lightning has put its own SIGTERM handler in place
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            requeue_signal = submitit_requeue_signal()
+            if requeue_signal is not None:
+                self._requeue = (requeue_signal, signal.signal(requeue_signal, self._on_requeue_signal))
+
+    def _on_requeue_signal(self, signum, frame):
+        """Slurm will kill this job soon: note it; on_train_batch_end stops training (submitit's handler runs later)."""
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} from Slurm: stopping after this batch, saving last.ckpt, then "
+              "requeueing", file=sys.stderr, flush=True)
+
+    def _stop_for_requeue(self, trainer) -> None:
+        """Stop after this batch when any rank got Slurm's signal. The ranks agree first (one small all-reduce
+        per step, in Slurm jobs with DDP only): a rank stopping alone would leave the others waiting forever."""
+        stop = self.signum == self._requeue[0]
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.signum = self._requeue[0]
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets: it raises
+            # SIGTERMException after this batch, and on_exception saves last.ckpt
 
     def _on_sigint(self, signum, frame):
         on_sigterm = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer to stop after this batch
@@ -146,8 +183,13 @@ class SaveForResume(L.Callback):
         if self._sigint is not None:
             signal.signal(signal.SIGINT, self._sigint)
             self._sigint = None
+        if self._requeue is not None:
+            signal.signal(*self._requeue)
+            self._requeue = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._requeue is not None:
+            self._stop_for_requeue(trainer)
         step = trainer.global_step
         if self.every and step % self.every == 0 and step != self._saved_step \
                 and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch-end save follows

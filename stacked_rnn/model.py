@@ -217,11 +217,12 @@ class StackedRNNClassifier(L.LightningModule):
         ids, lengths, labels = batch
         logits = self(ids, lengths)
         loss = self.loss(logits, labels)
+        # sync_dist: under DDP the epoch value is the mean over all ranks, so every rank picks the same best checkpoint
         if self.hparams.task == "regress":
-            self.log(f"{stage}/mse", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+            self.log(f"{stage}/mse", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
             return
         accuracy(logits.detach(), labels.long())
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=len(labels))
 
     def validation_step(self, batch, batch_idx):

@@ -25,12 +25,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
-from stacked_rnn.callbacks import ExactResume, History, SaveForResume, StopOnNonFiniteLoss, is_int
+from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNonFiniteLoss, is_int,
+                                   submitit_requeue_signal)
 from stacked_rnn.data import TRUNCATE_CHOICES, VAL_SPLITS, DataError
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
 
@@ -158,14 +160,20 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     if precision == "auto":
         precision = "bf16-mixed" if uses_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
     strategy = cfg.trainer.get("strategy", "auto")
-    if strategy == "ddp" and is_multirun():
-        # Lightning's ddp re-runs sys.argv in child processes: inside a multirun that would start the whole
+    slurm = {}
+    if SLURMEnvironment.detect():  # every Slurm task already is one rank (srun started them): never spawn more
+        # submitit (hydra/launcher=slurm) owns the requeue signal; Lightning's own auto-requeue would race it
+        slurm["plugins"] = [SLURMEnvironment(auto_requeue=submitit_requeue_signal() is None)]
+        if "num_nodes" not in cfg.trainer:
+            slurm["num_nodes"] = int(os.environ.get("SLURM_NNODES", "1"))
+    elif strategy == "ddp" and is_multirun():
+        # Lightning's ddp re-runs sys.argv in child processes: inside a local multirun that would start the whole
         # sweep again (Lightning #11300). Spawned workers inherit this job instead.
         log.warning("trainer.strategy=ddp inside a multirun: using ddp_spawn so each job stays one job")
         strategy = "ddp_spawn"
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, strategy=strategy,
-                           default_root_dir=str(output_dir))
+                           default_root_dir=str(output_dir), **slurm)
     except InstantiationException as err:
         raise ConfigError(f"cannot build the trainer from trainer.*: {' '.join(str(err).split())}") from err
 
@@ -181,6 +189,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
                           "and ckpt_path=last (hydra.run.dir=RUN_FOLDER ckpt_path=last), "
                           "or ckpt_path=PATH/TO/FILE.ckpt")
     return path
+
+
+def requeued_checkpoint(cfg: DictConfig) -> Path | None:
+    """A Slurm job that was requeued (preempted or timed out) runs again in its own run folder: its last.ckpt."""
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if cfg.get("ckpt_path") is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and last.is_file():
+        log.warning(f"requeued Slurm job (restart {os.environ['SLURM_RESTART_COUNT']}): resuming from {last}")
+        return last
+    return None
 
 
 def check_resumable(path: Path, model) -> None:
@@ -237,7 +254,7 @@ def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
 def run(cfg: DictConfig) -> dict:
     """Fit, test and record one configuration. Returns what it writes to results.json."""
     check_config(cfg)
-    ckpt_path = resolve_ckpt_path(cfg)
+    ckpt_path = resolve_ckpt_path(cfg) or requeued_checkpoint(cfg)
     if is_multirun():
         place_sweep_job(cfg)
     output_dir = Path(cfg.output_dir)
@@ -323,6 +340,25 @@ def print_summary(results: dict, output_dir: Path) -> None:
     )
 
 
+def requeue_with_submitit(cfg: DictConfig, err: Interrupted) -> None:
+    """Slurm's pre-kill signal stopped training and last.ckpt is saved: now run submitit's handler for it, which
+    resubmits this same job (launcher.checkpoint), requeues it and exits; the requeued job resumes from last.ckpt.
+    Other ranks just exit (submitit requeues from rank 0). Returns only when submitit refuses to requeue."""
+    from submitit.core.utils import UncompletedJobError
+
+    log.warning(f"stopped by Slurm: {err}".splitlines()[0])
+    handler = signal.getsignal(err.signum)
+    if not callable(handler):  # not started by submitit's job runner: nothing can requeue this job
+        record_failure(cfg, err)
+        return
+    try:
+        handler(err.signum, None)  # rank 0: requeue and sys.exit; other ranks: return
+    except UncompletedJobError as refused:  # e.g. timed out more than hydra.launcher.max_num_timeout times
+        record_failure(cfg, Interrupted(f"{err} ({refused})", err.signum))
+        return
+    sys.exit(-1)
+
+
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """A sweep job that fails writes a results.json saying why, so the report lists it and the sweep goes on."""
     try:
@@ -351,6 +387,9 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1 if isinstance(err, FloatingPointError) else 2)
     except Interrupted as err:
+        if is_multirun() and err.signum == submitit_requeue_signal():
+            requeue_with_submitit(cfg, err)
+            return None
         if is_multirun():
             record_failure(cfg, err)
             return None
