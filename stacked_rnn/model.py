@@ -68,7 +68,9 @@ class StackedRNNClassifier(L.LightningModule):
             self.rnn = Cell(rnn_in, units, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
                             bidirectional=bidirectional, batch_first=True)
         self.layer_dropout = nn.Dropout(dropout)  # between layers, when they run one at a time
-        self.head_dropout = nn.Dropout(head_dropout)
+        # classification only: in front of a regression head, dropped features are noise on the predicted value itself
+        # (data=adding with head dropout 0.2: an LSTM at T=100 stays at the baseline MSE 0.16 for 3,000 steps; 0.02 without)
+        self.head_dropout = nn.Dropout(head_dropout if task == "classify" else 0.0)
         self.classifier = nn.Linear(units * (2 if bidirectional else 1), 1)
         if init == "keras":
             self.keras_init()

@@ -70,7 +70,7 @@ def test_members_outside_the_layout_are_ignored_and_nothing_is_written(tmp_path,
     archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(info, b"bad")])
     monkeypatch.chdir(tmp_path / "..")
     reviews = read_archive(archive)
-    assert len(reviews) == 8 and all(name.startswith("aclImdb/") and ".." not in name for name in reviews)
+    assert len(reviews) == 10 and all(name.startswith("aclImdb/") and ".." not in name for name in reviews)  # 8 + urls
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz"]
     assert not (tmp_path.parent / "escape.txt").exists()
 
@@ -83,7 +83,7 @@ def test_links_are_not_followed(tmp_path):
     archive = write_imdb_archive(tmp_path / "evil.tar.gz", per_class=2, extra_members=[(link, None), (hard, None)])
     reviews = read_archive(archive)
     assert "aclImdb/train/pos/link.txt" not in reviews and "aclImdb/train/neg/hard.txt" not in reviews
-    assert len(reviews) == 8
+    assert len(reviews) == 10  # 8 reviews and train/urls_{pos,neg}.txt
 
 
 def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):

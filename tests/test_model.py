@@ -151,3 +151,18 @@ def test_a_cuda_training_step_never_waits_for_the_gpu(bidirectional):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item()
+
+
+@pytest.mark.parametrize("cell, frozen", [("rnn", True), ("lstm", True), ("gru", False)])
+def test_keras_init_keeps_one_bias_per_gate_like_keras(cell, frozen):
+    """Keras's SimpleRNN and LSTM have one bias per gate, its GRU (reset_after) two. PyTorch's b_ih and b_hh get
+    identical gradients, so training both would move the bias twice as fast under Adam."""
+    model = StackedRNNClassifier(50, cell=cell, layers=2, units=8, init="keras")
+    biases_hh = [p for n, p in model.rnn.named_parameters() if n.startswith("bias_hh")]
+    assert len(biases_hh) == 2 and all(p.requires_grad != frozen for p in biases_hh)
+    assert all(p.abs().sum() == 0 for p in biases_hh)
+    ids, lengths = torch.randint(1, 50, (3, 7)), torch.tensor([7, 5, 2])
+    model(ids, lengths).sum().backward()
+    assert all((p.grad is None) == frozen for p in biases_hh)
+    torch_init = StackedRNNClassifier(50, cell=cell, init="torch")
+    assert all(p.requires_grad for p in torch_init.parameters())

@@ -134,3 +134,17 @@ def test_ddp_on_cpu_matches_a_single_process(tiny_archive, tmp_path):
         assert len(writers) == 1, "TensorBoard events come from rank 0 only"
     assert accuracies["single"] > 0.8
     assert abs(accuracies["ddp"] - accuracies["single"]) < 0.1, accuracies
+
+
+def test_depth_study_preset_sweeps_cells_depths_learning_rates_and_seeds():
+    from hydra import compose, initialize_config_module
+
+    cpu = ["data.limit=6000", "data.val_size=1000", "data.max_len=200", "data.vocab_size=10000", "model.units=32",
+           "model.embed_dim=32"]  # the CPU-sized version in docs/depth_study.md
+    with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=depth_study", *cpu], return_hydra_config=True)
+    grid = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert grid == {"model.cell": ["rnn", "lstm", "gru"], "model.layers": ["1", "2", "3", "4"],
+                    "model.lr": ["1e-3", "3e-3", "1e-2"], "seed": ["0", "1", "2"]}
+    assert cfg.hydra.callbacks.sweep_report.tune == ["model.lr"]
+    assert cfg.data.val_split == "movie" and cfg.data.limit == 6000 and cfg.model.units == 32
