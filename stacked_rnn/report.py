@@ -160,8 +160,8 @@ def tuned(configs: list[dict], tune_keys) -> list[dict]:
         if not scored:
             continue
         best = max(scored, key=lambda c: sign * c[f"best_val_{metric}_mean"])
-        out.append(best | {"config": name, "chosen": {k: v for k, v in best["swept"].items() if k in tune},
-                           "candidates": len(candidates)})
+        chosen = {k: v for k, v in best["swept"].items() if k in tune}
+        out.append(best | chosen | {"config": name, "chosen": chosen, "candidates": len(candidates)})
     return out
 
 
@@ -241,7 +241,7 @@ def plot_against_depth(configs: list[dict], metric: str, ylabel: str, title: str
     import matplotlib.pyplot as plt
 
     units = sorted({c["units"] for c in configs if c["units"] is not None}) or [None]
-    fig, axes = plt.subplots(1, len(units), figsize=(4.8 * len(units), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(units), figsize=(max(6.4, 4.8 * len(units)), 4.2), squeeze=False, sharey=True)
     leave_out = {"layers", "units", *line_leave_out}
     for ax, unit in zip(axes[0], units):
         panel = [c for c in configs if c["units"] == unit and c["layers"] is not None]
@@ -272,7 +272,7 @@ def plot_against_depth(configs: list[dict], metric: str, ylabel: str, title: str
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -309,7 +309,7 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFA
     write_csv(sweep_dir / "report.csv", rows, columns(rows))
     write_csv(sweep_dir / "report_by_config.csv", configs, config_columns(configs, metric))
     if best:
-        write_csv(sweep_dir / "report_tuned.csv", [b | b["chosen"] for b in best], tuned_columns(best, metric, tuning))
+        write_csv(sweep_dir / "report_tuned.csv", best, tuned_columns(best, metric, tuning))
 
     curves, leave_out = (best, tuple(short(k) for k in tuning)) if best else (configs, ())
     what = "tuned on validation, " if best else ""
@@ -333,7 +333,8 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFA
             if repeated:
                 writer.add_text("report/by_config", ci_table(configs, metric, ("config", *first_cols)))
             if best:
-                writer.add_text("report/tuned", ci_table(best, metric, ("config", *first_cols)))
+                writer.add_text("report/tuned", ci_table(best, metric, ("config", *first_cols,
+                                                                        *(short(k) for k in tuning))))
     import matplotlib.pyplot as plt
 
     for fig in figures.values():

@@ -74,7 +74,9 @@ def test_tuning_picks_the_best_mean_validation_lr_never_the_best_test_lr(tmp_pat
     assert best["layers=1"]["lr"] == "0.001" and float(best["layers=1"]["test_acc_mean"]) == pytest.approx(0.71)
     assert best["layers=2"]["lr"] == "0.01" and float(best["layers=2"]["test_acc_mean"]) == pytest.approx(0.65)
     assert best["layers=1"]["candidates"] == "2" and best["layers=1"]["n"] == "2"
-    assert "## Tuned: best mean validation acc over model.lr (test never chooses)" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "## Tuned: best mean validation acc over model.lr (test never chooses)" in text
+    assert "| layers=1 | gru | 1 | 64 | 0.001 | 2 | 0.8000 ± " in text  # the chosen lr is shown
     # no tuning asked for: no tuned table
     report.write_report(tmp_path, tensorboard=False, tune_keys=())
     assert "## Tuned" not in (tmp_path / "report.md").read_text()
