@@ -583,9 +583,9 @@ class IMDBDataModule(L.LightningDataModule):
         if self.val_split == "movie" and self.val_split_used != "movie":
             import warnings
 
-            warnings.warn("data.val_split=movie needs aclImdb/train/urls_pos.txt and urls_neg.txt (the movie of each "
-                          "review), which this data source lacks: falling back to data.val_split=random, whose "
-                          "validation reviews share movies with the training reviews")
+            warnings.warn("data.val_split=movie needs aclImdb/train/urls_pos.txt and urls_neg.txt naming the movie of "
+                          "every training review, which this data source lacks: falling back to "
+                          "data.val_split=random, whose validation reviews share movies with the training reviews")
         for split in ("train", "val", "test"):
             seqs = [truncate_ids(s, self.max_len, self.truncate)
                     for s in from_flat(data[f"{split}_ids"], data[f"{split}_offsets"])]
