@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -102,10 +103,10 @@ def summarise(values: list[float]) -> dict:
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": None, "sd": None, "ci95": None}
-    mean = sum(values) / n
+    mean = statistics.fmean(values)
     if n == 1:
         return {"n": 1, "mean": mean, "sd": None, "ci95": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    sd = statistics.stdev(values)
     return {"n": n, "mean": mean, "sd": sd, "ci95": float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)}
 
 
@@ -122,10 +123,9 @@ def metric_of(rows: list[dict]) -> str:
     return "mse" if is_mse(rows) else "acc"
 
 
-def by_config(rows: list[dict], leave_out=SEED_KEYS) -> list[dict]:
+def by_config(rows: list[dict], metric: str, leave_out=SEED_KEYS) -> list[dict]:
     """One row per configuration: the jobs whose swept values differ only in `leave_out` keys (the seed).
     Finished jobs count towards n and the statistics; failed ones are counted apart."""
-    metric = metric_of(rows)
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(config_name(row["swept"], leave_out), []).append(row)
@@ -145,11 +145,10 @@ def by_config(rows: list[dict], leave_out=SEED_KEYS) -> list[dict]:
     return sorted(out, key=lambda r: (r["units"] or 0, str(r["cell"]), r["layers"] or 0, r["config"]))
 
 
-def tuned(configs: list[dict], tune_keys) -> list[dict]:
+def tuned(configs: list[dict], tune_keys, metric: str) -> list[dict]:
     """For each configuration of the swept keys other than `tune_keys`, the configuration whose MEAN validation
     metric is best (max accuracy, min MSE). Only validation is read: test scores never influence the choice."""
     tune = {short(k) for k in tune_keys}
-    metric = metric_of([m for c in configs for m in c["members"]])
     sign = -1 if metric == "mse" else 1
     groups: dict[str, list[dict]] = {}
     for c in configs:
@@ -184,8 +183,8 @@ def fmt(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict], cols=None) -> str:
-    cols = cols or columns(rows)
+def markdown_table(rows: list[dict]) -> str:
+    cols = columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(row.get(c)).replace("|", "/") for c in cols) + " |" for row in rows]
     return "\n".join(lines)
@@ -287,9 +286,9 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFA
     if not rows:
         raise FileNotFoundError(f"{sweep_dir} holds no job folders (no */results.json nor */.hydra/config.yaml)")
     metric = metric_of(rows)
-    configs = by_config(rows)
+    configs = by_config(rows, metric)
     tuning = varied_tune_keys(rows, tune_keys)
-    best = tuned(configs, tuning) if tuning else []
+    best = tuned(configs, tuning, metric) if tuning else []
     ok = sum(r["status"] == "ok" for r in rows)
     repeated = any(c["n"] > 1 for c in configs)
     first_cols = ("cell", "layers", "units") + (("residual",) if any(c["residual"] for c in configs) else ())

@@ -178,12 +178,17 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
         raise ConfigError(f"cannot build the trainer from trainer.*: {' '.join(str(err).split())}") from err
 
 
+def last_checkpoint(cfg: DictConfig) -> Path:
+    """This run folder's checkpoints/last.ckpt, written for resuming (it may not exist yet)."""
+    return Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
     """ckpt_path=last: this run folder's checkpoints/last.ckpt; any other value: a checkpoint file."""
     value = cfg.get("ckpt_path")
     if value is None:
         return None
-    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if value == "last" else Path(value).expanduser()
+    path = last_checkpoint(cfg) if value == "last" else Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={value!r}: there is no checkpoint at {path}. To resume a run, pass its folder "
                           "and ckpt_path=last (hydra.run.dir=RUN_FOLDER ckpt_path=last), "
@@ -193,7 +198,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
 
 def requeued_checkpoint(cfg: DictConfig) -> Path | None:
     """A Slurm job that was requeued (preempted or timed out) runs again in its own run folder: its last.ckpt."""
-    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg)
     if cfg.get("ckpt_path") is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and last.is_file():
         log.warning(f"requeued Slurm job (restart {os.environ['SLURM_RESTART_COUNT']}): resuming from {last}")
         return last
@@ -235,7 +240,7 @@ def interrupted(cfg: DictConfig, trainer: L.Trainer) -> Interrupted:
     what = f"{signal.Signals(signum).name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
     if saver and saver.saved:
         return Interrupted(f"{what}: saved {saver.saved}. Resume with:\n  {resume_command(cfg)}", signum)
-    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg)
     if last.is_file():
         return Interrupted(f"{what}: stopped without saving; the last saved checkpoint is {last}. Resume from it "
                            f"with:\n  {resume_command(cfg)}", signum)
