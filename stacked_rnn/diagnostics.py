@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load, run_folder
+
 WEIGHT_RE = re.compile(r"weight_(ih|hh)_l(\d+)(_reverse)?$")
 
 
@@ -214,42 +216,49 @@ def plot_grid(grid: torch.Tensor, tokens: list[str], value: str, title: str):
     return fig
 
 
-GRID_USAGE = ('usage: python -m stacked_rnn.diagnostics ckpt=RUN_OR_CKPT text="a review" '
-              "[value=norm|readout] [out=PNG] [max_tokens=60]")
-GRID_KEYS = ("ckpt", "text", "value", "out", "max_tokens")
+GRID_USAGE = '%(prog)s ckpt=RUN_OR_CKPT text="a review" [value=norm|readout] [out=PNG] [max_tokens=60]'
+GRID_EXAMPLES = """\
+  python -m stacked_rnn.diagnostics ckpt=outputs/2026-11-24/15-13-02 text="A moving, wonderful film."
+  python -m stacked_rnn.diagnostics ckpt=RUN text="This movie was a complete waste of time." value=readout"""
+
+
+def grid_parser() -> RunParser:
+    parser = RunParser("python -m stacked_rnn.diagnostics", GRID_USAGE, "Depth x time grid of one review: one row per "
+                       "layer, one column per token (? marks an unknown word).\nSaves a PNG (default: "
+                       "depth_time_{value}.png in the run folder) and logs it to the run's TensorBoard.", GRID_EXAMPLES)
+    parser.add_key("text", "the review", required=True, metavar='"..."')
+    parser.add_key("value", "norm: each layer's hidden-state norm; readout: the head's running read-out "
+                   "(default: %(default)s)", choices=GRID_VALUES, default="norm")
+    parser.add_key("out", "the PNG to write", metavar="PNG")
+    parser.add_key("max_tokens", "tokens shown at most (default: %(default)s)", type=at_least(1), default=60,
+                   metavar="N")
+    return parser
 
 
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
     from stacked_rnn.data import UNK_ID, encode, truncate_ids, tokenise
-    from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv, run_folder
 
+    parser = grid_parser()
     try:
-        args = parse_kv(sys.argv[1:] if argv is None else argv, GRID_KEYS, GRID_USAGE)
-        if "text" not in args:
-            raise PredictError(f"text= is required\n{GRID_USAGE}")
-        value = args.get("value", "norm")
-        if value not in GRID_VALUES:
-            raise PredictError(f"value={value!r} is not allowed: expected one of {GRID_VALUES}")
-        if not args.get("max_tokens", "60").isdigit() or int(args.get("max_tokens", "60")) < 1:
-            raise PredictError(f"max_tokens={args['max_tokens']!r} is not allowed: expected an integer >= 1")
-        path = find_checkpoint(args["ckpt"])
+        args = parser.parse_args(argv)
+        path = find_checkpoint(args.ckpt)
         model, data_state = load(path)
-    except PredictError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, CheckpointError) as err:
+        return parser.fail(err)
     stoi = {word: i for i, word in enumerate(data_state["vocab"])}
-    max_tokens = min(int(args.get("max_tokens", 60)), data_state["max_len"])
-    ids = torch.from_numpy(truncate_ids(encode(args["text"], stoi), max_tokens, data_state["truncate"]).astype("int64"))
-    words = tokenise(args["text"]) or ["<unk>"]
+    max_tokens = min(args.max_tokens, data_state["max_len"])
+    ids = torch.from_numpy(truncate_ids(encode(args.text, stoi), max_tokens, data_state["truncate"]).astype("int64"))
+    words = tokenise(args.text) or ["<unk>"]
     words = truncate_ids(words, max_tokens, data_state["truncate"])
     tokens = [w if i != UNK_ID else f"{w}?" for w, i in zip(words, ids.tolist())]  # ? marks out-of-vocabulary
+    value = args.value
     grid = depth_time_grid(model, ids, value)
     hp = model.hparams
     shown = "hidden-state norm" if value == "norm" else "running read-out"
     fig = plot_grid(grid, tokens, value, f"{hp.cell} x {hp.layers}: {shown} per layer and token")
     run_dir = run_folder(path)
-    out = Path(args.get("out", run_dir / f"depth_time_{value}.png"))
+    out = Path(args.out or run_dir / f"depth_time_{value}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     from torch.utils.tensorboard import SummaryWriter

@@ -16,12 +16,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stacked_rnn.checkpoint import (CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load,
+                                    read_results, run_folder)
 from stacked_rnn.diagnostics import final_states, layer_outputs
-from stacked_rnn.predict import PredictError, find_checkpoint, load, parse_kv, run_folder
 
-USAGE = ("usage: python -m stacked_rnn.probe ckpt=RUN_OR_CKPT [max_reviews=2000] [out=DIR] "
-         "[archive=PATH | root=DIR] [cache_dir=DIR]")
-KEYS = ("ckpt", "max_reviews", "out", "archive", "root", "cache_dir")
+USAGE = "%(prog)s ckpt=RUN_OR_CKPT [max_reviews=2000] [out=DIR] [archive=PATH | root=DIR] [cache_dir=DIR]"
+EXAMPLES = """\
+  python -m stacked_rnn.probe ckpt=outputs/2026-11-24/15-13-02
+  python -m stacked_rnn.probe ckpt=RUN max_reviews=2000 archive=~/aclImdb_v1.tar.gz cache_dir=~/.cache/stacked_rnn"""
+
+
+def build_parser() -> RunParser:
+    parser = RunParser("python -m stacked_rnn.probe", USAGE, "Layer-wise probes: fit a logistic regression on each "
+                       "layer's final hidden state (and on the mean\nword embedding) of the training reviews and print "
+                       "its test accuracy. Writes probe.json and\nprobe.png into the run folder and logs the figure "
+                       "to its TensorBoard.", EXAMPLES)
+    parser.add_key("max_reviews", "reviews of each split to probe (default: %(default)s)", type=at_least(2),
+                   default=2000, metavar="N")
+    parser.add_key("out", "folder for probe.json and probe.png (default: the run folder)", metavar="DIR")
+    parser.add_key("archive", "the IMDB archive, when not where the run read it (data.archive)", metavar="PATH")
+    parser.add_key("root", "an extracted aclImdb/ folder instead (data.root)", metavar="DIR")
+    parser.add_key("cache_dir", "the token cache, when not the run's (data.cache_dir)", metavar="DIR")
+    return parser
 
 
 @torch.no_grad()
@@ -81,16 +97,13 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, **data
     path = find_checkpoint(ckpt)
     model, data_state = load(path)
     run_dir = run_folder(path)
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise PredictError(f"{results_file} is missing: the probe rebuilds the training data from the run's config")
-    data_cfg = json.loads(results_file.read_text())["config"]["data"]
+    data_cfg = read_results(run_dir)["config"]["data"]  # the probe rebuilds the run's training data
     data_cfg.update({k: v for k, v in data_overrides.items() if v is not None})
     datamodule = instantiate(data_cfg)
     datamodule.setup("fit")
     if datamodule.vocab != data_state["vocab"]:
-        raise PredictError("the rebuilt data has a different vocabulary from the checkpoint's: give the archive/root "
-                           "and cache_dir the run was trained with")
+        raise CheckpointError("the rebuilt data has a different vocabulary from the checkpoint's: give the "
+                              "archive/root and cache_dir the run was trained with")
     train_feats, y_train = extract(model, datamodule.train_dataloader(), max_reviews)
     test_feats, y_test = extract(model, datamodule.test_dataloader(), max_reviews)
     accs = fit_probes(train_feats, y_train, test_feats, y_test)
@@ -111,15 +124,13 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, **data
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = parse_kv(sys.argv[1:] if argv is None else argv, KEYS, USAGE)
-        max_reviews = args.pop("max_reviews", "2000")
-        if not max_reviews.isdigit() or int(max_reviews) < 2:
-            raise PredictError(f"max_reviews={max_reviews!r} is not allowed: expected an integer >= 2")
-        result = run_probe(args.pop("ckpt"), int(max_reviews), args.pop("out", None), **args)
-    except PredictError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+        result = run_probe(args.ckpt, args.max_reviews, args.out, archive=args.archive, root=args.root,
+                           cache_dir=args.cache_dir)
+    except (UsageError, CheckpointError) as err:
+        return parser.fail(err)
     print(f"probe: logistic regression on {result['train_reviews']} training reviews, "
           f"accuracy on {result['test_reviews']} test reviews\n\n| features | test accuracy |\n|---|---|")
     for name, acc in zip(result["layers"], result["accuracy"]):

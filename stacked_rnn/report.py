@@ -368,9 +368,11 @@ def tables_of(sweep_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stacked_rnn.report",
-        description="Write report.md/.csv (per job, per configuration over seeds, tuned on validation) and the "
-                    "depth figures into a sweep folder.")
+        prog="python -m stacked_rnn.report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write report.md/.csv (per job, per configuration over seeds, tuned on validation) and the\n"
+                    "depth figures into a sweep folder.",
+        epilog="examples:\n  python -m stacked_rnn.report outputs/multirun/2026-11-24/15-13-02\n"
+               "  python -m stacked_rnn.report outputs/multirun/2026-11-24/15-13-02 --tune model.lr,model.dropout")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
     parser.add_argument("--tune", default=",".join(DEFAULT_TUNE),
                         help="comma-separated keys picked on mean validation per configuration when the sweep "

@@ -13,6 +13,7 @@ import torch
 
 from conftest import CodePayload, compose_config, tiny_overrides
 from stacked_rnn import predict, train
+from stacked_rnn.checkpoint import load
 from stacked_rnn.data import IMDBDataModule
 from stacked_rnn.model import CELLS, StackedRNNClassifier
 
@@ -143,7 +144,7 @@ def test_cli_mistakes_exit_nonzero_with_a_message_not_a_traceback(tmp_path, over
 
 def test_predict_handles_empty_long_and_non_ascii_text(tiny_archive, tmp_path, capsys):
     results, _ = run_tiny(tiny_archive, tmp_path, "trainer.max_epochs=1", "test_after_fit=false")
-    model, data_state = predict.load(Path(results["best_checkpoint"]))
+    model, data_state = load(Path(results["best_checkpoint"]))
     texts = ["", "great " * 200_000, "Très bien, génial — 素晴らしい 😀", "\x00\ufffd\u200b"]
     probs = predict.predict(model, data_state, texts)
     assert len(probs) == 4 and all(0.0 <= p <= 1.0 for p in probs)  # finite probabilities, no crash
