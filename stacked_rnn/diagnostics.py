@@ -237,7 +237,8 @@ def grid_parser() -> RunParser:
 
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
-    from stacked_rnn.data import UNK_ID, encode, truncate_ids, tokenise
+    from stacked_rnn.data import truncate_ids
+    from stacked_rnn.imdb import UNK_ID, encode, tokenise
 
     parser = grid_parser()
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load
-from stacked_rnn.data import collate, decode_review, encode, truncate_ids
+from stacked_rnn.data import collate, truncate_ids
+from stacked_rnn.imdb import decode_review, encode
 from stacked_rnn.model import StackedRNNClassifier
 
 USAGE = '%(prog)s ckpt=PATH [text="..." | file=PATH | (lines on stdin)] [batch_size=256]'

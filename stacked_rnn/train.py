@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
 from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNonFiniteLoss, is_int,
                                    submitit_requeue_signal)
-from stacked_rnn.data import TRUNCATE_CHOICES, VAL_SPLITS, DataError
+from stacked_rnn.data import TRUNCATE_CHOICES
+from stacked_rnn.imdb import VAL_SPLITS, DataError
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
 
 log = logging.getLogger("stacked_rnn")

@@ -13,8 +13,9 @@ import json
 import warnings
 
 from conftest import compose_config, movie_urls, write_imdb_archive
-from stacked_rnn import data
-from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, split_indices, tokenise, truncate_ids
+from stacked_rnn import imdb
+from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, truncate_ids
+from stacked_rnn.imdb import split_indices, tokenise
 
 
 def make_dm(archive, cache, **kw) -> IMDBDataModule:
@@ -50,7 +51,7 @@ def test_val_size_is_a_fraction_or_a_count_and_a_bad_one_is_named():
     assert len(split_indices(labels, labels, val_size=0.1, limit=None, seed=0)["val"]) == 100
     assert len(split_indices(labels, labels, val_size=37, limit=None, seed=0)["val"]) == 37
     for bad in (0, 1.0, 1000, 2.5):
-        with pytest.raises(data.DataError, match=rf"data.val_size={bad} is not allowed for 1000 training reviews: "
+        with pytest.raises(imdb.DataError, match=rf"data.val_size={bad} is not allowed for 1000 training reviews: "
                                                  r"expected a fraction in \(0, 1\) or a count from 1 to 999"):
             split_indices(labels, labels, val_size=bad, limit=None, seed=0)
 
@@ -140,7 +141,7 @@ def test_vocab_size_caps_the_vocabulary(tiny_archive, tmp_path):
     dm = make_dm(tiny_archive, tmp_path, vocab_size=10)
     assert len(dm.vocab) == 10
     ids = np.concatenate(dm.datasets["train"].sequences)
-    assert ids.max() == 9 and (ids == data.UNK_ID).any()
+    assert ids.max() == 9 and (ids == imdb.UNK_ID).any()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -150,13 +151,13 @@ def test_parallel_encoding_equals_encoding_each_text_with_the_train_vocabulary(w
     texts = [" ".join(rng.choice(words, size=rng.integers(0, 30))).encode() for _ in range(400)]
     texts[5] = b""  # an empty review is one <unk>
     texts[-1] += b" onlyintest"
-    vocab, ids, offsets = data.encode_all(texts, n_train=300, vocab_size=50, workers=workers, progress=False)
+    vocab, ids, offsets = imdb.encode_all(texts, n_train=300, vocab_size=50, workers=workers, progress=False)
     counts = collections.Counter(t for text in texts[:300] for t in tokenise(text.decode()))
     assert vocab == ["<pad>", "<unk>"] + sorted(counts, key=lambda w: (-counts[w], w))[:48]
     stoi = {w: i for i, w in enumerate(vocab)}
     assert len(offsets) == 401 and "onlyintest" not in vocab
     for i, text in enumerate(texts):
-        assert ids[offsets[i] : offsets[i + 1]].tolist() == data.encode(text.decode(), stoi).tolist()
+        assert ids[offsets[i] : offsets[i + 1]].tolist() == imdb.encode(text.decode(), stoi).tolist()
 
 
 def test_truncate_head_keeps_the_end_and_tail_keeps_the_start():
@@ -168,7 +169,7 @@ def test_truncate_head_keeps_the_end_and_tail_keeps_the_start():
 
 def test_second_run_reads_the_token_cache(tiny_archive, tmp_path, monkeypatch):
     first = make_dm(tiny_archive, tmp_path)
-    monkeypatch.setattr(data, "tokenise", lambda text: pytest.fail("warm run must not tokenise"))
+    monkeypatch.setattr(imdb, "tokenise", lambda text: pytest.fail("warm run must not tokenise"))
     second = make_dm(tiny_archive, tmp_path)
     assert second.cache_path == first.cache_path
     assert second.vocab == first.vocab
@@ -240,9 +241,9 @@ def test_invalid_utf8_and_empty_reviews_are_read_not_fatal(tmp_path):
     dm = make_dm(archive, tmp_path / "cache")
     assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 122  # both odd files are in
     sequences = dm.datasets["train"].sequences + dm.datasets["val"].sequences
-    assert any(s.tolist() == [data.UNK_ID] for s in sequences)  # the empty review is one <unk>
-    assert data.decode_review(raw) == "great \ufffd\ufffd film \ufffd("
-    assert tokenise(data.decode_review(raw)) == ["great", "film"]
+    assert any(s.tolist() == [imdb.UNK_ID] for s in sequences)  # the empty review is one <unk>
+    assert imdb.decode_review(raw) == "great \ufffd\ufffd film \ufffd("
+    assert tokenise(imdb.decode_review(raw)) == ["great", "film"]
 
 
 def _truncate(path):
@@ -266,4 +267,4 @@ def test_corrupt_token_cache_is_detected_and_rebuilt(tiny_archive, tmp_path, cor
     for split in ("train", "val", "test"):
         pairs = zip(first.datasets[split].sequences, second.datasets[split].sequences)
         assert all(np.array_equal(a, b) for a, b in pairs)
-    assert data.load_token_cache(second.cache_path) is not None  # the rebuilt file is sound
+    assert imdb.load_token_cache(second.cache_path) is not None  # the rebuilt file is sound
