@@ -148,3 +148,18 @@ def test_depth_study_preset_sweeps_cells_depths_learning_rates_and_seeds():
                     "model.lr": ["1e-3", "3e-3", "1e-2"], "seed": ["0", "1", "2"]}
     assert cfg.hydra.callbacks.sweep_report.tune == ["model.lr"]
     assert cfg.data.val_split == "movie" and cfg.data.limit == 6000 and cfg.model.units == 32
+
+
+@pytest.mark.parametrize("preset", ["depth_study", "depth_sweep", "adding_sweep"])
+def test_sweep_presets_run_under_slurm_or_joblib(preset):
+    """A preset's parallel job count lives in its launcher config: hydra/launcher=slurm replaces it whole
+    (it once failed with "Key 'n_jobs' not in 'SlurmQueueConf'"), and without it the preset runs 2 joblib jobs."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
+        slurm = compose("train", overrides=[f"experiment={preset}", "hydra/launcher=slurm",
+                                            "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        local = compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and "n_jobs" not in slurm.hydra.launcher
+    assert slurm.hydra.launcher.partition == "gpu"
+    assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
