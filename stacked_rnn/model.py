@@ -88,8 +88,8 @@ class StackedRNNClassifier(L.LightningModule):
 
         PyTorch's defaults (N(0, 1) embeddings, U(+-1/sqrt(H)) everywhere) saturate a small tanh RNN
         from the first step. And b_ih + b_hh get identical gradients, so Adam moves their sum twice as fast
-        as Keras's single bias: 4 of 40 runs of the 5-unit reference got stuck below 0.72 with it, none of 40
-        without it (docs/seed_fidelity.md).
+        as Keras's single bias (seeds 0-15 of the 5-unit reference: 4 of 40 runs stuck below 0.72 with it, none
+        of 40 without; docs/seed_fidelity.md).
         """
         if isinstance(self.embedding, nn.Embedding):
             nn.init.uniform_(self.embedding.weight, -0.05, 0.05)

@@ -50,3 +50,35 @@ def test_time_to_accuracy_stops_once_the_target_is_reached():
     epochs = re.findall(r"epoch (\d+): .* test acc ([\d.]+)", out)
     assert epochs and float(epochs[-1][1]) >= 0.8 and all(float(acc) < 0.8 for _, acc in epochs[:-1])
     assert re.search(r"test accuracy [\d.]+ >= 0.8 after epoch \d+: [\d.]+ s of training", out)
+
+
+def test_seed_fidelity_compares_with_a_keras_distribution(tmp_path):
+    keras = tmp_path / "keras_seeds.json"
+    keras.write_text('{"keras": "3.15.1", "tensorflow": "2.21.0", "test_acc": [0.81, 0.80, 0.79, 0.82]}')
+    output = run_quick("seed_fidelity.py", "--seeds", "2", "--keras", str(keras))
+    assert len(table_rows(output, "0 ")) == len(table_rows(output, "1 ")) == 1  # one row per seed
+    [keras_row] = table_rows(output, "Keras 3.15.1 here")
+    assert keras_row[1:3] == ["4", "0.8050"]  # n and mean of the four accuracies
+    assert re.search(r"runs below 0\.76: \d of 2 vs 0 of 4 \(Fisher p = [01]\.\d\d\)", output)
+    assert "Mann-Whitney p = " in output
+
+
+def test_keras_reference_exports_the_packages_tokens_pre_padded(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_imdb_archive
+    import numpy as np
+
+    archive = write_imdb_archive(tmp_path / "tiny.tar.gz", per_class=20)
+    out = tmp_path / "ids.npz"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "keras_reference.py"), "export", str(out),
+                             "--archive", str(archive)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = np.load(out)
+    assert data["x_train"].shape == data["x_test"].shape == (40, 100)
+    assert sorted(data["y_train"].tolist()) == [0] * 20 + [1] * 20
+    assert (data["x_train"][:, -1] > 0).all()  # every review ends in the last column: pads come first
+    lengths = (data["x_train"] > 0).sum(1)
+    assert all((row[: 100 - n] == 0).all() for row, n in zip(data["x_train"], lengths))
+    missing = subprocess.run([sys.executable, str(BENCHMARKS / "keras_reference.py"), "train", str(tmp_path / "no.npz")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no.npz does not exist: write it first" in missing.stderr
