@@ -8,7 +8,6 @@ reviews into an empty cache) and warm (read the token cache back).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +32,9 @@ def main() -> None:
         archive, val_size = args.archive, 2500
         if args.quick or archive is None:
             val_size = 200
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import write_imdb_archive
+            from quick import quick_archive
 
-            archive = write_imdb_archive(Path(tmp) / "quick.tar.gz", per_class=500)
+            archive = quick_archive(tmp, per_class=500)
         cold, dm = prepare(archive, Path(tmp) / "cache", val_size)
         warm, _ = prepare(archive, Path(tmp) / "cache", val_size)
     reviews = sum(len(d) for d in dm.datasets.values())

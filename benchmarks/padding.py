@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
@@ -91,10 +90,9 @@ def main() -> None:
         tmp = Path(tmp)
         archive, cache, extra = args.archive, args.cache_dir, []
         if args.quick or archive is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import write_imdb_archive
+            from quick import quick_archive
 
-            archive, cache, args.batches = write_imdb_archive(tmp / "quick.tar.gz", per_class=400), tmp / "cache", 3
+            archive, cache, args.batches = quick_archive(tmp, per_class=400), tmp / "cache", 3
             extra = ["data.val_size=100"]
         for max_len in map(int, args.max_lens.split(",")):
             for name in args.variants.split(","):

@@ -54,11 +54,9 @@ def main() -> None:
         tmp = Path(tmp)
         overrides = list(args.overrides)
         if args.quick:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import write_imdb_archive
+            from quick import quick_overrides
 
-            archive = write_imdb_archive(tmp / "quick.tar.gz", per_class=100)
-            overrides = [f"data.archive={archive}", f"data.cache_dir={tmp / 'cache'}", *QUICK, *overrides]
+            overrides = [*quick_overrides(tmp, per_class=100), *QUICK, *overrides]
         sweep = Path(args.out) if args.out else tmp / "sweep"
         command = [sys.executable, "-m", "stacked_rnn.train", "-m", "experiment=seed_keras",
                    f"seed=range(0,{args.seeds})", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -204,10 +203,9 @@ def main() -> None:
         tmp = Path(tmp)
         archive, cache = args.archive, args.cache_dir
         if args.quick or archive is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import write_imdb_archive
+            from quick import quick_archive
 
-            archive = write_imdb_archive(tmp / "quick.tar.gz", per_class=400)
+            archive = quick_archive(tmp, per_class=400)
             args.batches, args.repeats, cache = 10, min(args.repeats, 3), tmp / "cache"
         extra = ["data.val_size=100"] if args.quick or args.archive is None else []
         results = [compare(n, MODELS[n][0], archive, cache or "null", args.device, args.batches or MODELS[n][1],

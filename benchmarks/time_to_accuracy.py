@@ -77,11 +77,9 @@ def main() -> None:
         tmp = Path(tmp)
         overrides = list(args.overrides)
         if args.quick:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import write_imdb_archive
+            from quick import quick_overrides
 
-            archive = write_imdb_archive(tmp / "quick.tar.gz", per_class=200)
-            overrides = [f"data.archive={archive}", f"data.cache_dir={tmp / 'cache'}", *QUICK, *overrides]
+            overrides = [*quick_overrides(tmp, per_class=200), *QUICK, *overrides]
         with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
             cfg = compose("train", overrides=[*overrides, f"output_dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
                                               "trainer.enable_model_summary=false"])
