@@ -74,9 +74,10 @@ def batch_orders(seed: int, n: int, epochs: int = 2) -> list[np.ndarray]:
     return [rng.permutation(n) for _ in range(epochs)]
 
 
-def train_one(path: str, seed: int, start_dir: str | None = None) -> float:
+def train_one(path: str, seed: int, start_dir: str | None = None, recurrent_init: str = "orthogonal") -> float:
     """Test accuracy of the Keras reference trained with one seed (one thread, in its own process); with
-    start_dir, its initial weights are saved there and the batches follow batch_orders()."""
+    start_dir, its initial weights are saved there and the batches follow batch_orders(). recurrent_init is
+    the SimpleRNNs' recurrent_initializer (Keras's default orthogonal; identity as model.init=identity)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
@@ -88,8 +89,8 @@ def train_one(path: str, seed: int, start_dir: str | None = None) -> float:
     model = keras.Sequential([
         keras.Input((MAX_LEN,), dtype="int32"),
         keras.layers.Embedding(VOCAB_SIZE, 32),
-        keras.layers.SimpleRNN(5, return_sequences=True),
-        keras.layers.SimpleRNN(5),
+        keras.layers.SimpleRNN(5, return_sequences=True, recurrent_initializer=recurrent_init),
+        keras.layers.SimpleRNN(5, recurrent_initializer=recurrent_init),
         keras.layers.Dense(1, activation="sigmoid"),
     ])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
@@ -111,22 +112,26 @@ def summary(seeds: list[int], accs: list[float]) -> None:
           f"below 0.76: {sum(a < 0.76 for a in accs)}, below 0.72: {sum(a < 0.72 for a in accs)}")
 
 
-def train(path: Path, seeds: list[int], jobs: int, out: Path | None, start_dir: Path | None) -> None:
+def train(path: Path, seeds: list[int], jobs: int, out: Path | None, start_dir: Path | None,
+          recurrent_init: str = "orthogonal") -> None:
     start = time.perf_counter()
     if start_dir:
         start_dir.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per run
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        accs = list(pool.map(train_one, [str(path)] * len(seeds), seeds, [start_dir and str(start_dir)] * len(seeds)))
+        accs = list(pool.map(train_one, [str(path)] * len(seeds), seeds, [start_dir and str(start_dir)] * len(seeds),
+                             [recurrent_init] * len(seeds)))
     import keras
     import tensorflow as tf
 
     print(f"Keras {keras.__version__} (TensorFlow {tf.__version__}), {len(seeds)} seeds in "
-          f"{time.perf_counter() - start:.0f} s ({jobs} at once){', same start' if start_dir else ''}")
+          f"{time.perf_counter() - start:.0f} s ({jobs} at once), recurrent_initializer={recurrent_init}"
+          f"{', same start' if start_dir else ''}")
     summary(seeds, accs)
     if out:
         out.write_text(json.dumps({"keras": keras.__version__, "tensorflow": tf.__version__, "seeds": seeds,
-                                   "same_start": bool(start_dir), "test_acc": [round(a, 4) for a in accs]}, indent=1))
+                                   "same_start": bool(start_dir),
+                                   "recurrent_init": recurrent_init, "test_acc": [round(a, 4) for a in accs]}, indent=1))
         print(f"wrote {out}")
 
 
@@ -197,6 +202,8 @@ def main() -> None:
     step.add_argument("--out", type=Path, default=None, help="a JSON of the accuracies, for seed_fidelity.py --keras")
     step.add_argument("--same-start", type=Path, default=None, metavar="DIR",
                       help="save initial weights in DIR and use a numpy batch order, for `replay`")
+    step.add_argument("--recurrent-init", choices=("orthogonal", "identity"), default="orthogonal",
+                      help="the SimpleRNNs' recurrent_initializer (default Keras's orthogonal)")
     step = steps.add_parser("replay", help="train this package's model from Keras's saved starts (needs stacked_rnn)")
     step.add_argument("ids", type=Path, help="the .npz written by export")
     step.add_argument("start", type=Path, help="the --same-start folder of a Keras run")
@@ -211,7 +218,7 @@ def main() -> None:
     if not args.ids.is_file():
         sys.exit(f"{args.ids} does not exist: write it first with `keras_reference.py export`")
     if args.step == "train":
-        train(args.ids, args.seeds, args.jobs, args.out, args.same_start)
+        train(args.ids, args.seeds, args.jobs, args.out, args.same_start, args.recurrent_init)
     elif not args.keras.is_file() or not json.loads(args.keras.read_text()).get("same_start"):
         sys.exit(f"--keras {args.keras} is not the JSON of a `train --same-start` run")
     else:

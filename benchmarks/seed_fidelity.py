@@ -98,11 +98,11 @@ def compare(ours: list[float], keras: dict) -> None:
     welch = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
     mann_whitney = stats.mannwhitneyu(ours, theirs).pvalue
     print(f"\nmedians {sorted(ours)[len(ours) // 2]:.4f} vs {sorted(theirs)[len(theirs) // 2]:.4f}; "
-          f"Welch p = {welch:.2f}, Mann-Whitney p = {mann_whitney:.2f}")
+          f"Welch p = {welch:.2g}, Mann-Whitney p = {mann_whitney:.2g}")
     for bar in (0.76, 0.72):
         low = [sum(a < bar for a in ours), sum(a < bar for a in theirs)]
         fisher = stats.fisher_exact([[low[0], len(ours) - low[0]], [low[1], len(theirs) - low[1]]]).pvalue
-        print(f"runs below {bar}: {low[0]} of {len(ours)} vs {low[1]} of {len(theirs)} (Fisher p = {fisher:.2f})")
+        print(f"runs below {bar}: {low[0]} of {len(ours)} vs {low[1]} of {len(theirs)} (Fisher p = {fisher:.2g})")
     for name, accs in (("stacked_rnn", ours), ("Keras", theirs)):
         blocks = [accs[i : i + 8] for i in range(0, len(accs) - 7, 8)]
         if not blocks:

@@ -75,6 +75,21 @@ def test_keras_init_scales():
     assert default.embedding.weight.std() > 0.5  # PyTorch's N(0, 1) embeddings
 
 
+@pytest.mark.parametrize("cell, gates", [("rnn", 1), ("lstm", 4)])
+def test_identity_init_is_keras_init_with_identity_recurrent_blocks(cell, gates):
+    model = StackedRNNClassifier(1000, cell=cell, layers=2, units=6, embed_dim=8, init="identity")
+    for layer in (0, 1):
+        for block in getattr(model.rnn, f"weight_hh_l{layer}").detach().chunk(gates):  # (H, H) per gate
+            assert torch.equal(block, torch.eye(6))
+    assert model.embedding.weight.abs().max() <= 0.05  # the rest is Keras's init
+    assert not model.rnn.bias_hh_l0.requires_grad
+    # a state with no input is carried unchanged through one step (up to tanh): h1 = tanh(h0)
+    h0 = torch.full((1, 1, 6), 0.3)
+    if cell == "rnn":
+        _, h1 = model.rnn(torch.zeros(1, 1, 8), torch.cat([h0, torch.zeros(1, 1, 6)]))
+        torch.testing.assert_close(h1[0], torch.tanh(h0[0]))
+
+
 def test_dropout_only_between_layers():
     assert StackedRNNClassifier(50, layers=1, dropout=0.5).rnn.dropout == 0.0
     assert StackedRNNClassifier(50, layers=2, dropout=0.5).rnn.dropout == 0.5

@@ -35,12 +35,12 @@ def test_real_splits_and_vocabulary(cache):
 
 def test_seed_keras_learns_on_every_seed(cache, tmp_path):
     """The 5-unit reference learns on every seed: well above chance (0.5) with a margin that holds on any machine
-    (floats differ between hosts and move one seed by several points). Its distribution against Keras's (mean
-    0.80) is measured by benchmarks/seed_fidelity.py, not asserted here."""
+    (floats differ between hosts and move one seed by several points; over 48 seeds here the lowest was 0.80,
+    sd 0.007). Its distribution against Keras's is measured by benchmarks/seed_fidelity.py, not asserted here."""
     accuracies = []
     for seed in (0, 1, 2):
         cfg = compose_config([f"data.archive={ARCHIVE}", f"data.cache_dir={cache}", f"output_dir={tmp_path / str(seed)}",
                               "experiment=seed_keras", f"seed={seed}", "trainer.accelerator=cpu",
                               "trainer.enable_progress_bar=false"])
         accuracies.append(train.run(cfg)["test_acc"])
-    assert min(accuracies) > 0.60 and sum(accuracies) / 3 > 0.70, accuracies
+    assert min(accuracies) > 0.72 and sum(accuracies) / 3 > 0.78, accuracies
