@@ -9,6 +9,9 @@ best in separate environments:
     python benchmarks/keras_reference.py export /tmp/keras_ids.npz --archive ../shared/data/aclImdb_labelled.tar.gz
     # 2. Keras 3 over seeds 0..N-1, in any environment with TensorFlow (pip install tensorflow-cpu)
     tf/bin/python benchmarks/keras_reference.py train /tmp/keras_ids.npz --seeds 48 --jobs 2 --out keras_seeds.json
+    # ... or with the SimpleRNNs' recurrent weights starting as the identity (as model.init=identity)
+    tf/bin/python benchmarks/keras_reference.py train /tmp/keras_ids.npz --seeds 48 --recurrent-init identity \
+        --out keras_seeds_identity.json
     # 3. the package over the same seeds, next to it
     python benchmarks/seed_fidelity.py --seeds 48 --keras keras_seeds.json data.archive=...
 
