@@ -83,10 +83,9 @@ def test_identity_init_is_keras_init_with_identity_recurrent_blocks(cell, gates)
             assert torch.equal(block, torch.eye(6))
     assert model.embedding.weight.abs().max() <= 0.05  # the rest is Keras's init
     assert not model.rnn.bias_hh_l0.requires_grad
-    # a state with no input is carried unchanged through one step (up to tanh): h1 = tanh(h0)
-    h0 = torch.full((1, 1, 6), 0.3)
-    if cell == "rnn":
-        _, h1 = model.rnn(torch.zeros(1, 1, 8), torch.cat([h0, torch.zeros(1, 1, 6)]))
+    if cell == "rnn":  # a state with no input is carried through one step unrotated: h1 = tanh(I h0)
+        h0 = torch.full((2, 1, 6), 0.3)  # (layers, B, H)
+        _, h1 = model.rnn(torch.zeros(1, 1, 8), h0)
         torch.testing.assert_close(h1[0], torch.tanh(h0[0]))
 
 
