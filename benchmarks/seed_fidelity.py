@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,7 @@ def compare(ours: list[float], keras: dict) -> None:
     print(describe(f"Keras {keras['keras']} here (seeds {min(seeds)}-{max(seeds)})", theirs))
     welch = stats.ttest_ind(ours, theirs, equal_var=False).pvalue
     mann_whitney = stats.mannwhitneyu(ours, theirs).pvalue
-    print(f"\nmedians {sorted(ours)[len(ours) // 2]:.4f} vs {sorted(theirs)[len(theirs) // 2]:.4f}; "
+    print(f"\nmedians {statistics.median(ours):.4f} vs {statistics.median(theirs):.4f}; "
           f"Welch p = {welch:.2g}, Mann-Whitney p = {mann_whitney:.2g}")
     for bar in (0.76, 0.72):
         low = [sum(a < bar for a in ours), sum(a < bar for a in theirs)]
