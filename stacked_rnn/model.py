@@ -24,10 +24,41 @@ INITS = ("torch", "keras", "identity")
 LR_SCHEDULES = ("constant", "cosine")
 PACKING = ("auto", "always", "never")
 TASKS = ("classify", "regress")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer: tanh | i, f, g, o | r, z, n
+
+
+def stack_params(cell: str, layers: int, units: int, input_size: int, bidirectional: bool = False) -> int:
+    """Parameters above the embedding: the recurrent stack (each direction of layer l holds gates x (H x in_l +
+    H x H + 2H), in_0 = input_size, in_l = D*H) plus the linear head (D*H + 1). This is what depth and width
+    change; the embedding table is the same for every depth and its size depends on the data's vocabulary."""
+    directions = 2 if bidirectional else 1
+    width = directions * units
+    recurrent = sum(directions * GATES[cell] * (units * (input_size if layer == 0 else width) + units * units + 2 * units)
+                    for layer in range(layers))
+    return recurrent + width + 1
+
+
+def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidirectional: bool = False) -> int:
+    """The width whose stack_params is closest to `budget` (ties go to the narrower), so that depths can be
+    compared at equal parameters (Melis et al. 2017) instead of deeper also meaning bigger."""
+    def count(units: int) -> int:
+        return stack_params(cell, layers, units, input_size, bidirectional)
+
+    if count(1) > budget:
+        raise ValueError(f"param_budget={budget} is too small: {cell} x {layers} layers with {input_size}-d inputs "
+                         f"{'(bidirectional) ' if bidirectional else ''}needs {count(1)} parameters at units=1")
+    low, high = 1, 2
+    while count(high) <= budget:  # count grows with units: bracket the budget, then bisect
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) <= budget else (low, middle)
+    return low if budget - count(low) <= count(high) - budget else high
 
 
 class StackedRNNClassifier(L.LightningModule):
-    """Binary sentiment classifier over a stack of `layers` recurrent layers of `units` each."""
+    """Binary sentiment classifier over a stack of `layers` recurrent layers of `units` each. With `param_budget`
+    the width is chosen instead (units_for_budget) and `units` is ignored; hparams.units holds the width used."""
 
     def __init__(
         self,
@@ -50,9 +81,13 @@ class StackedRNNClassifier(L.LightningModule):
         residual: bool = False,
         input_dim: int = 0,
         task: str = "classify",
+        param_budget: int | None = None,
     ):
         super().__init__()
+        if param_budget is not None:  # equal-parameter comparisons: the width follows from the budget
+            units = units_for_budget(param_budget, cell, layers, input_dim or embed_dim, bidirectional)
         self.save_hyperparameters(logger=False)  # plain ints/floats/strs: checkpoints load with weights_only=True
+        self.hparams.units = units  # the width in use, also when it came from param_budget
         # token ids -> (B, T, E) embeddings; real-valued inputs (B, T, input_dim) go to the RNN as they are
         self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0) if not input_dim else nn.Identity()
         rnn_in = input_dim or embed_dim
@@ -96,7 +131,7 @@ class StackedRNNClassifier(L.LightningModule):
         if isinstance(self.embedding, nn.Embedding):
             nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
             self.embedding.weight[0].zero_()
-        gates = {"rnn": 1, "lstm": 4, "gru": 3}[self.hparams.cell]
+        gates = GATES[self.hparams.cell]
         recurrent = self.rnn if self.stack is None else self.stack
         for name, param in recurrent.named_parameters():
             name = name.rsplit(".", 1)[-1]  # stack.<k>.weight_ih_l0 -> weight_ih_l0
@@ -254,3 +289,8 @@ class StackedRNNClassifier(L.LightningModule):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def stack_params(self) -> int:
+        """Parameters of the recurrent stack and the head: what model.param_budget holds fixed."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("embedding."))

@@ -35,7 +35,7 @@ from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNo
                                    submitit_requeue_signal)
 from stacked_rnn.data import TRUNCATE_CHOICES
 from stacked_rnn.imdb import VAL_SPLITS, DataError
-from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS
+from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS, units_for_budget
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
@@ -115,9 +115,38 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, ok, allowed in rules:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+    check_param_budget(cfg)
     if m.dropout > 0 and m.layers == 1:
         warnings.warn(f"model.dropout={m.dropout} has no effect with model.layers=1: PyTorch applies it only "
                       "between stacked layers (use model.head_dropout or model.embed_dropout instead)")
+
+
+def command_line_keys() -> set[str]:
+    """The config keys this run's command line set (a sweep job's own values included); empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def check_param_budget(cfg: DictConfig) -> None:
+    """model.param_budget=N picks the width for each depth (model.units follows from it), so it cannot be
+    combined with an explicit model.units, and it must leave room for at least one unit."""
+    m = cfg.model
+    budget = m.get("param_budget")
+    if budget is None:
+        return
+    if not (is_number(budget) and budget == int(budget) and budget >= 1):
+        raise ConfigError(f"model.param_budget={budget!r} is not allowed: expected null or a whole number of "
+                          "parameters >= 1 (e.g. 12700 or 2e4), counting the recurrent stack and the head")
+    if "model.units" in command_line_keys():
+        raise ConfigError(f"model.param_budget={budget!r} and model.units={m.units!r} were both set: the budget "
+                          "chooses the units of each depth, so set one of them (drop model.units, or set "
+                          "model.param_budget=null)")
+    try:
+        units_for_budget(int(budget), m.cell, m.layers, m.get("input_dim") or m.embed_dim, m.bidirectional)
+    except ValueError as err:
+        raise ConfigError(f"model.{err}") from err
+    m.param_budget = int(budget)  # 2e4 on the command line arrives as a float
 
 
 def assign_device(job_num: int, gpu_count: int) -> list[int] | None:
@@ -250,7 +279,8 @@ def interrupted(cfg: DictConfig, trainer: L.Trainer) -> Interrupted:
 
 def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
     """One HPARAMS row per run, with the same keys in every run (TensorBoard hides keys missing from the first)."""
-    hparams = {k: model.hparams[k] for k in HPARAM_KEYS} | {"params": results["num_params"]}
+    hparams = {k: model.hparams[k] for k in HPARAM_KEYS} | {"params": results["num_params"],
+                                                             "stack_params": results["stack_params"]}
     metric = results["metric"]
     metrics = {name.format(metric=metric): value for name, value in zip(
         HP_METRICS, (results[f"best_val_{metric}"], results[f"test_{metric}"], results["train_seconds"]))}
@@ -277,6 +307,7 @@ def run(cfg: DictConfig) -> dict:
     if hasattr(datamodule, "write_splits") and trainer.is_global_zero:  # which reviews validate this run, for audit
         datamodule.write_splits(output_dir)
     model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
+    cfg.model.units = model.hparams.units  # the width in use (chosen by model.param_budget when set), as recorded
     if ckpt_path:
         check_resumable(ckpt_path, model)
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resuming
@@ -310,8 +341,12 @@ def run(cfg: DictConfig) -> dict:
         f"test_{metric}": test_score,
         f"best_val_{metric}": float(best_val) if best_val is not None else None,
         "num_params": model.num_params,
+        "stack_params": model.stack_params,  # recurrent stack + head: what model.param_budget holds fixed
+        "units": model.hparams.units,
+        "param_budget": cfg.model.get("param_budget"),
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
+        "best_epoch": best_epoch(history, metric),
         "seconds_per_epoch": round(train_seconds / max(epochs, 1), 2),
         "train_samples_per_second": round(epochs * len(datamodule.datasets["train"]) / train_seconds, 1),
         "data_seconds": round(data_seconds, 2),  # fetch + tokenise (cold) or read the token cache (warm)
@@ -330,6 +365,17 @@ def run(cfg: DictConfig) -> dict:
         run_probe(checkpoint)
     print_summary(results, output_dir)
     return results
+
+
+def best_epoch(history: list[dict], metric: str) -> int | None:
+    """The epoch (1 = the first) with the best validation score, the one the best checkpoint holds: the first
+    such epoch, as ModelCheckpoint keeps only strict improvements (max accuracy, min MSE)."""
+    scores = [(h[f"val/{metric}"], h["epoch"]) for h in history if f"val/{metric}" in h]
+    if not scores:
+        return None
+    sign = -1 if metric == "mse" else 1
+    best = max(sign * score for score, _ in scores)
+    return next(epoch for score, epoch in scores if sign * score == best) + 1
 
 
 def print_summary(results: dict, output_dir: Path) -> None:

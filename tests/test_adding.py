@@ -87,7 +87,7 @@ def test_sweep_report_shows_mse_and_residual_columns(tmp_path):
             "seconds_per_epoch": 1.0, "config": {"model": {"cell": "lstm", "layers": 8, "units": 32, "residual": residual}}}))
     rows = report.write_report(tmp_path, tensorboard=False)
     table = (tmp_path / "report.md").read_text()
-    assert "| job | cell | layers | residual | units | seed | params | best_val_mse | test_mse |" in table
+    assert "| job | cell | layers | residual | units | seed | params | stack_params | best_val_mse | test_mse |" in table
     assert "| 0.0005 |" in table and "test_acc" not in table and "![test MSE against depth]" in table
     assert {r["residual"] for r in rows} == {False, True}
 

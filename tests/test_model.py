@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stacked_rnn.model import CELLS, POOLS, StackedRNNClassifier
+from stacked_rnn.model import CELLS, POOLS, StackedRNNClassifier, stack_params, units_for_budget
 
 
 def batch(vocab: int = 50):
@@ -180,3 +180,29 @@ def test_keras_init_keeps_one_bias_per_gate_like_keras(cell, frozen):
     assert all((p.grad is None) == frozen for p in biases_hh)
     torch_init = StackedRNNClassifier(50, cell=cell, init="torch")
     assert all(p.requires_grad for p in torch_init.parameters())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_param_budget_units_hit_the_budget_within_one_unit_s_worth(cell, bidirectional):
+    for layers in (1, 2, 3, 4):
+        for budget in (3_000, 12_700, 50_000):
+            units = units_for_budget(budget, cell, layers, 32, bidirectional)
+            count = stack_params(cell, layers, units, 32, bidirectional)
+            below = stack_params(cell, layers, units - 1, 32, bidirectional) if units > 1 else None
+            above = stack_params(cell, layers, units + 1, 32, bidirectional)
+            assert abs(count - budget) <= abs(above - budget) and (below is None or abs(count - budget) <= abs(below - budget))
+            assert abs(count - budget) <= max(above - count, count - (below or count))  # within one unit's worth
+        model = StackedRNNClassifier(100, cell=cell, layers=layers, embed_dim=32, bidirectional=bidirectional,
+                                     param_budget=12_700)
+        assert model.hparams.units == units_for_budget(12_700, cell, layers, 32, bidirectional)
+        assert model.stack_params == model.num_params - 100 * 32  # the formula counts what the module holds
+        assert model.stack_params == stack_params(cell, layers, model.hparams.units, 32, bidirectional)
+
+
+def test_param_budget_by_hand_and_too_small_a_budget():
+    # rnn x 2, 4-d inputs, one direction: (4u + u^2 + 2u) + (2u^2 + 2u) + (u + 1) = 3u^2 + 9u + 1
+    assert [stack_params("rnn", 2, u, 4) for u in (1, 2, 3)] == [13, 31, 55]
+    assert units_for_budget(40, "rnn", 2, 4) == 2 and units_for_budget(44, "rnn", 2, 4) == 3  # 40: 31 nearer than 55
+    with pytest.raises(ValueError, match=r"param_budget=12 is too small: rnn x 2 layers with 4-d inputs needs 13"):
+        units_for_budget(12, "rnn", 2, 4)

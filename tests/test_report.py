@@ -76,7 +76,7 @@ def test_tuning_picks_the_best_mean_validation_lr_never_the_best_test_lr(tmp_pat
     assert best["layers=1"]["candidates"] == "2" and best["layers=1"]["n"] == "2"
     text = (tmp_path / "report.md").read_text()
     assert "## Tuned: best mean validation acc over model.lr (test never chooses)" in text
-    assert "| layers=1 | gru | 1 | 64 | 0.001 | 2 | 0.8000 ± " in text  # the chosen lr is shown
+    assert "| layers=1 | gru | 1 | 64 | 0.001 | 1000 | 2 | 0.8000 ± " in text  # the chosen lr and params are shown
     # no tuning asked for: no tuned table
     report.write_report(tmp_path, tensorboard=False, tune_keys=())
     assert "## Tuned" not in (tmp_path / "report.md").read_text()
@@ -108,3 +108,131 @@ def test_report_cli_answers_help_and_names_a_missing_folder(tmp_path, capsys):
     assert done.value.code == 0 and "--tune" in capsys.readouterr().out
     assert report.main([str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparisons between depths
+
+
+def test_welch_difference_ci_and_p_match_scipy_and_the_hand_computed_degrees_of_freedom():
+    from scipy import stats
+
+    a, b = [0.80, 0.82, 0.84], [0.70, 0.74]
+    got = report.welch(a, b)
+    se = math.sqrt(0.0004 / 3 + 0.0008 / 2)  # sample variances 0.0004 and 0.0008
+    df = (0.0004 / 3 + 0.0008 / 2) ** 2 / ((0.0004 / 3) ** 2 / 2 + (0.0008 / 2) ** 2 / 1)  # Welch-Satterthwaite
+    assert df == pytest.approx(1.684211, rel=1e-5)
+    half = stats.t.ppf(0.975, df) * se
+    assert got["diff"] == pytest.approx(0.10)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((0.10 - half, 0.10 + half))
+    scipy_test = stats.ttest_ind(a, b, equal_var=False)
+    assert got["p"] == pytest.approx(scipy_test.pvalue)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(scipy_test.confidence_interval()))
+    assert report.welch([0.5, 0.5], [0.5, 0.5]) == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}
+
+
+def test_holm_multiplies_in_rank_order_stays_monotone_and_skips_untested():
+    assert report.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    # by hand: sorted 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> raised to 0.06 (monotone)
+    assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert report.holm([None, None]) == [None, None] and report.holm([]) == []
+    raw = [0.2, 0.001, 0.04, 0.03, 0.5]
+    adjusted = report.holm(raw)
+    order = sorted(range(len(raw)), key=raw.__getitem__)
+    assert all(adjusted[i] >= raw[i] for i in range(len(raw)))
+    assert [adjusted[i] for i in order] == sorted(adjusted)
+
+
+def test_p_better_counts_wins_and_half_ties_like_mann_whitney_u():
+    from scipy import stats
+
+    a, b = [1.0, 2.0, 3.0], [2.0, 2.0, 0.0]
+    assert report.p_better(a, b) == pytest.approx(6 / 9)  # 1 beats 0; 2 ties 2, 2 and beats 0; 3 beats all
+    assert report.p_better(a, b, sign=-1) == pytest.approx(3 / 9)  # lower is better (MSE)
+    u = stats.mannwhitneyu(a, b, alternative="two-sided").statistic
+    assert report.p_better(a, b) == pytest.approx(u / 9)
+    low, high = report.p_better_ci(a, b)
+    assert 0 <= low <= 6 / 9 <= high <= 1
+    assert report.p_better_ci([0.9, 0.91, 0.92], [0.5, 0.51, 0.52]) == (1.0, 1.0)  # always wins
+    assert report.mann_whitney([0.9, 0.91, 0.92, 0.93, 0.94], [0.5, 0.51, 0.52, 0.53, 0.54]) == pytest.approx(2 / 252)
+    assert report.mann_whitney([0.5, 0.5], [0.5, 0.5]) == 1.0
+
+
+def depth_sweep(tmp_path, scores: dict, cells=("gru",)):
+    """Fake jobs of a cell x depth x seed sweep; scores maps depth -> test accuracies (None: a failed job)."""
+    for cell in cells:
+        for layers, tests in scores.items():
+            for seed, test in enumerate(tests):
+                name = f"cell={cell},layers={layers},seed={seed}"
+                if test is None:
+                    fake_job(tmp_path, name, 0, 0, seed=seed, cell=cell, layers=layers, status="failed")
+                else:
+                    fake_job(tmp_path, name, test, test, seed=seed, cell=cell, layers=layers)
+
+
+def test_report_compares_each_depth_with_the_shallowest_holm_over_every_comparison(tmp_path):
+    depth_sweep(tmp_path, {1: [0.805, 0.81, 0.815, None], 2: [0.805, 0.81, 0.815], 3: [0.50, 0.51, 0.52], 4: [0.9]},
+                cells=("gru", "lstm"))
+    report.write_report(tmp_path, tensorboard=False)
+    rows = read(tmp_path / "report_compare.csv")
+    assert [(r["group"], r["config"], r["reference"]) for r in rows] == [
+        (f"cell={cell}", f"cell={cell},layers={k}", f"cell={cell},layers=1") for cell in ("gru", "lstm") for k in (2, 3, 4)]
+    by = {(r["cell"], r["layers"]): r for r in rows}
+    three = by[("gru", "3")]
+    assert (three["n"], three["reference_n"]) == ("3", "3")  # the failed seed is not a score
+    expected = report.welch([0.50, 0.51, 0.52], [0.805, 0.81, 0.815])
+    assert float(three["diff"]) == pytest.approx(-0.30) and float(three["welch_p"]) == pytest.approx(expected["p"])
+    raw = [float(by[(c, k)]["welch_p"]) for c in ("gru", "lstm") for k in ("2", "3")]
+    assert [float(by[(c, k)]["welch_p_holm"]) for c in ("gru", "lstm") for k in ("2", "3")] == \
+        pytest.approx(report.holm(raw))  # 4 tests: the n = 1 depth 4 takes no part
+    assert three["verdict"] == "3 layers worse" and float(three["p_better"]) == 0.0
+    assert by[("gru", "2")]["verdict"] == "equivalent (within ±0.02)"  # CI inside +-2 points
+    assert by[("gru", "4")]["verdict"] == "no test (n < 2)" and by[("gru", "4")]["welch_p"] == ""
+    text = (tmp_path / "report.md").read_text()
+    assert "## Depth against the reference depth (test acc over seeds)" in text
+    assert "| cell=gru,layers=3 | cell=gru,layers=1 | 1000 vs 1000 | 3 vs 3 | -0.3000 [" in text
+    assert "Holm-corrected over all 6 comparisons" in text
+    assert (tmp_path / "accuracy_vs_depth.png").stat().st_size > 10_000
+
+
+def test_reference_depth_is_settable_and_a_group_without_it_is_named(tmp_path, capsys):
+    depth_sweep(tmp_path, {1: [0.80, 0.82], 2: [0.70, 0.72], 3: [0.75, 0.74]})
+    depth_sweep(tmp_path, {1: [0.8, 0.8], 3: [0.8, 0.8]}, cells=("rnn",))
+    report.write_report(tmp_path, tensorboard=False, reference="layers=2")
+    rows = read(tmp_path / "report_compare.csv")
+    assert [(r["config"], r["reference"]) for r in rows] == [("cell=gru,layers=1", "cell=gru,layers=2"),
+                                                              ("cell=gru,layers=3", "cell=gru,layers=2")]
+    assert "not compared: cell=rnn: no configuration at the reference depth 2" in (tmp_path / "report.md").read_text()
+    # 1 vs 2: +0.10, Welch p 0.0194 -> Holm 0.0388 over the 2 comparisons; 3 vs 2: +0.035, p 0.129, CI wider than 2 pts
+    assert [r["verdict"] for r in rows] == ["1 layer better", "not resolved"]
+    assert float(rows[0]["welch_p_holm"]) == pytest.approx(2 * float(rows[0]["welch_p"]))
+    assert report.main([str(tmp_path), "--reference", "layers=3"]) == 0
+    assert {r["reference"] for r in read(tmp_path / "report_compare.csv")} == {"cell=gru,layers=3", "cell=rnn,layers=3"}
+    assert report.main([str(tmp_path), "--reference", "deep"]) == 2
+    assert "reference='deep' is not allowed: expected layers=K or K" in capsys.readouterr().err
+
+
+def test_tuned_sweeps_compare_the_tuned_configurations_and_plot_convergence(tmp_path):
+    for layers in (1, 2):
+        for lr, val in (("0.001", 0.80), ("0.01", 0.70)):
+            for seed in range(3):
+                job = f"layers={layers},lr={lr},seed={seed}"
+                fake_job(tmp_path, job, val + 0.01 * seed, 0.8 - 0.1 * (layers - 1) + 0.01 * seed, seed=seed,
+                         layers=layers, lr=float(lr))
+                results = json.loads((tmp_path / job / "results.json").read_text())
+                curve = [0.6, 0.7, val + 0.01 * seed][: 2 + seed % 2]  # early stopping: some runs stop sooner
+                results |= {"epochs": len(curve), "best_epoch": len(curve),
+                            "history": [{"epoch": e, "val/acc": v} for e, v in enumerate(curve)]}
+                (tmp_path / job / "results.json").write_text(json.dumps(results))
+    report.write_report(tmp_path)
+    [row] = read(tmp_path / "report_compare.csv")
+    assert (row["config"], row["reference"]) == ("layers=2 (lr=0.001)", "layers=1 (lr=0.001)")
+    assert float(row["diff"]) == pytest.approx(-0.1)
+    tuned = read(tmp_path / "report_tuned.csv")
+    assert tuned[0]["epochs_mean"] and float(tuned[0]["epochs_mean"]) == pytest.approx(7 / 3)
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "report"))
+    events.Reload()
+    assert {"report/convergence", "report/accuracy_vs_depth"} <= set(events.Tags()["images"])

@@ -136,7 +136,7 @@ def test_ddp_on_cpu_matches_a_single_process(tiny_archive, tmp_path):
     assert abs(accuracies["ddp"] - accuracies["single"]) < 0.1, accuracies
 
 
-def test_depth_study_preset_sweeps_cells_depths_learning_rates_and_seeds():
+def test_depth_study_preset_sweeps_cells_depths_learning_rates_and_5_seeds_with_early_stopping():
     from hydra import compose, initialize_config_module
 
     cpu = ["data.limit=6000", "data.val_size=1000", "data.max_len=200", "data.vocab_size=10000", "model.units=32",
@@ -145,9 +145,11 @@ def test_depth_study_preset_sweeps_cells_depths_learning_rates_and_seeds():
         cfg = compose("train", overrides=["experiment=depth_study", *cpu], return_hydra_config=True)
     grid = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
     assert grid == {"model.cell": ["rnn", "lstm", "gru"], "model.layers": ["1", "2", "3", "4"],
-                    "model.lr": ["1e-3", "3e-3", "1e-2"], "seed": ["0", "1", "2"]}
-    assert cfg.hydra.callbacks.sweep_report.tune == ["model.lr"]
+                    "model.lr": ["1e-3", "3e-3"], "seed": ["0", "1", "2", "3", "4"]}
+    assert cfg.hydra.callbacks.sweep_report.tune == ["model.lr"] and cfg.hydra.callbacks.sweep_report.reference is None
     assert cfg.data.val_split == "movie" and cfg.data.limit == 6000 and cfg.model.units == 32
+    assert cfg.trainer.max_epochs == 10 and cfg.callbacks.early_stopping.patience == 3
+    assert cfg.callbacks.early_stopping.monitor == "val/acc" and cfg.callbacks.model_checkpoint.monitor == "val/acc"
 
 
 @pytest.mark.parametrize("preset", ["depth_study", "depth_sweep", "adding_sweep"])

@@ -41,6 +41,20 @@ def test_learns_the_tiny_task_and_writes_results(tiny_archive, tmp_path):
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard events belong in the run folder"
 
 
+def test_param_budget_chooses_the_units_and_results_record_them_with_the_epochs(tiny_archive, tmp_path):
+    results, run_dir = run_tiny(tiny_archive, tmp_path, "model.param_budget=2e3", "model.layers=3", "model.embed_dim=8",
+                                "trainer.max_epochs=6", "callbacks=early_stopping", "callbacks.early_stopping.patience=1")
+    # by hand, gru x 3 with 8-d inputs: 3(8u + u^2 + 2u) + 2 x 3(2u^2 + 2u) + (u + 1) = 15u^2 + 43u + 1:
+    # u = 10 gives 1,931, u = 11 gives 2,289, so 2,000 picks 10
+    assert results["units"] == 10 and results["config"]["model"]["units"] == 10 and results["param_budget"] == 2000
+    assert results["stack_params"] == 1931
+    model, _ = load(Path(results["best_checkpoint"]))
+    assert model.hparams.units == 10 and model.num_params - model.embedding.weight.numel() == 1931
+    accs = [h["val/acc"] for h in results["history"]]
+    assert results["epochs"] == len(accs) and results["best_epoch"] == accs.index(max(accs)) + 1
+    assert f"best-epoch{results['best_epoch'] - 1:02d}-" in results["best_checkpoint"]  # Lightning counts from 0
+
+
 def test_best_imdb_experiment_trains_with_adamw_and_early_stopping(tiny_archive, tmp_path):
     results, _ = run_tiny(tiny_archive, tmp_path, "experiment=best_imdb", "trainer.max_epochs=6", "model.lr=3e-2")
     config = results["config"]
@@ -86,6 +100,11 @@ def test_checkpoint_is_plain_and_loads_weights_only(tiny_archive, tmp_path):
     ("data.limit=1", "data.limit=1 is not allowed: expected null or an integer >= 2"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: expected an integer >= 1 (or -1 for no limit)"),
     ("+trainer.colour=blue", "cannot build the trainer from trainer.*: Error in call to target"),
+    ("model.param_budget=50", "model.param_budget=50 is too small: gru x 2 layers with 128-d inputs needs 407 "
+                              "parameters at units=1"),
+    ("model.param_budget=lots", "model.param_budget='lots' is not allowed: expected null or a whole number of "
+                                "parameters >= 1"),
+    ("model.param_budget=1.5", "model.param_budget=1.5 is not allowed: expected null or a whole number"),
 ])
 def test_bad_config_values_are_named_before_any_data_work(tmp_path, monkeypatch, override, message):
     monkeypatch.setattr(IMDBDataModule, "prepare_data", lambda self: pytest.fail("validation must come first"))
@@ -133,10 +152,12 @@ def test_cli_overrides_and_predict(tiny_archive, tmp_path):
                           "Key 'cels' is not in struct"),
     ("data.archive=/nowhere/aclImdb.tar.gz", 2, "error: data.archive=/nowhere/aclImdb.tar.gz does not exist. Provide "
      "IMDB yourself with data.archive=PATH/TO/aclImdb_v1.tar.gz (any .tar.gz in the aclImdb/ layout) or data.root=DIR"),
+    ("model.param_budget=20000 model.units=64", 2, "error: model.param_budget=20000 and model.units=64 were both set: "
+     "the budget chooses the units of each depth, so set one of them"),
 ])
 def test_cli_mistakes_exit_nonzero_with_a_message_not_a_traceback(tmp_path, override, code, message):
-    done = cli("-m", "stacked_rnn.train", override, f"hydra.run.dir={tmp_path}/run", f"data.cache_dir={tmp_path}",
-               cwd=tmp_path)
+    done = cli("-m", "stacked_rnn.train", *override.split(), f"hydra.run.dir={tmp_path}/run",
+               f"data.cache_dir={tmp_path}", cwd=tmp_path)
     assert done.returncode == code
     assert message in done.stderr
     assert "Traceback" not in done.stderr
