@@ -101,8 +101,8 @@ class RunParser(argparse.ArgumentParser):
         self.keys: dict[str, str] = {}  # key -> its help
         self.required_keys: list[str] = []
         self.key_group = self.add_argument_group("arguments, each as key=VALUE or --key VALUE")
-        self.add_key("ckpt", "a run folder (its best checkpoint, else last.ckpt) or a .ckpt file", required=require_ckpt,
-                     metavar="PATH")
+        self.add_key("ckpt", "a run folder (its best checkpoint, else last.ckpt) or a .ckpt file",
+                     required=require_ckpt, metavar="PATH")
 
     def add_key(self, key: str, help: str, required: bool = False, **kwargs) -> None:
         """An option read from key=VALUE or --key VALUE; a required one is checked after parsing."""

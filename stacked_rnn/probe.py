@@ -114,10 +114,8 @@ def layer_sequences(model, ids: torch.Tensor, lengths: torch.Tensor) -> list[tor
 def extract(model, sample: Sample, layers: list[int], batch_size: int = 256):
     """Per chosen layer: its states at the sampled steps (N, F), a bidirectional layer's forward half only, and its
     final state (R, F') (the embeddings' mean over the review for layer 0)."""
-    units = model.hparams.units
-    forward_only = model.hparams.bidirectional
-    steps = [None] * len(layers)
-    finals = [[] for _ in layers]
+    units, forward_only = model.hparams.units, model.hparams.bidirectional
+    steps, finals = [None] * len(layers), [None] * len(layers)  # per layer: (N, F) and (R, F')
     order = np.argsort([len(ids) for ids in sample.ids], kind="stable")  # similar lengths together: less padding
     position = np.empty(len(sample.ids), dtype=np.int64)  # a review's row in its batch
     for start in range(0, len(order), batch_size):
@@ -128,25 +126,19 @@ def extract(model, sample: Sample, layers: list[int], batch_size: int = 256):
         chosen = np.flatnonzero(np.isin(sample.review, rows))  # the sampled steps of these reviews
         at = (torch.from_numpy(position[sample.review[chosen]]), torch.from_numpy(sample.step[chosen]))
         for j, k in enumerate(layers):
-            seq = sequences[k]
-            if k > 0 and forward_only:
-                seq = seq[..., :units]  # (B, T, H): the backward half at step t has read the future
-            if steps[j] is None:
-                steps[j] = np.empty((len(sample.review), seq.shape[-1]), dtype=np.float32)
-            steps[j][chosen] = seq[at].numpy()
+            seq = sequences[k]  # (B, T, F)
             if k == 0:
                 real = (torch.arange(ids.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
-                final = (sequences[0] * real).sum(1) / lengths[:, None]  # (B, E): the mean word embedding
+                final = (seq * real).sum(1) / lengths[:, None]  # (B, E): the mean word embedding
             else:
-                final = model.last_state(sequences[k], lengths)  # (B, D*H), both directions
-            finals[j].append((rows, final.numpy()))
-    final_states = []
-    for parts in finals:
-        array = np.empty((len(sample.ids), parts[0][1].shape[1]), dtype=np.float32)
-        for rows, values in parts:
-            array[rows] = values
-        final_states.append(array)
-    return steps, final_states
+                final = model.last_state(seq, lengths)  # (B, D*H), both directions
+                seq = seq[..., :units] if forward_only else seq  # (B, T, H): the backward half has read the future
+            if steps[j] is None:
+                steps[j] = np.empty((len(sample.review), seq.shape[-1]), dtype=np.float32)
+                finals[j] = np.empty((len(sample.ids), final.shape[-1]), dtype=np.float32)
+            steps[j][chosen] = seq[at].numpy()
+            finals[j][rows] = final.numpy()
+    return steps, finals
 
 
 def initial_model(hparams: dict, seed: int) -> StackedRNNClassifier:
@@ -272,7 +264,8 @@ def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, lexic
         "settings": {"scales": list(scales), "steps_per_review": steps_per_review, "max_reviews": max_reviews,
                      "layers": layers, "sample_seed": seed},
         "cv": {"folds": FOLDS, "grouped_by": "review", "alphas": list(ALPHAS), "Cs": list(CS),
-               "chosen_by": "mean validation R^2 (ridge, per scale) or log loss (logistic) over folds of the training reviews"},
+               "chosen_by": "mean validation R^2 (ridge, per scale) or log loss (logistic) over folds of the "
+                            "training reviews"},
     }
     final_result = {"train_reviews": len(train_sample.ids), "test_reviews": len(test_sample.ids),
                     "layers": ["embeddings (mean)" if k == 0 else f"layer {k}" for k in layers],
@@ -380,7 +373,7 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
               steps_per_review: int = 8, layers: list[int] | None = None, sample_seed: int = 0,
               **data_overrides) -> tuple[dict, dict]:
     """Probe a run's checkpoint and its untrained control; writes probe_scales.json/png and probe.json/png into the
-    run folder (or out) and the figures to the run's TensorBoard. Returns the two results (scale probes, final state)."""
+    run folder (or out) and the figures to the run's TensorBoard. Returns both results (scale probes, final state)."""
     from hydra.utils import instantiate
 
     path = find_checkpoint(ckpt)
@@ -406,7 +399,8 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
     hp = model.hparams
     about = {"checkpoint": str(path), "run_seed": config["seed"], "run_test_acc": results.get("test_acc"),
              "model": {k: hp[k] for k in ("cell", "layers", "units", "embed_dim", "bidirectional", "residual")},
-             "control": f"StackedRNNClassifier(**hparams) after torch.manual_seed({config['seed']}): the run's start"}
+             "control_model": f"StackedRNNClassifier(**hparams) after torch.manual_seed({config['seed']}): the "
+                              "untrained start of the run"}
     scales_result = about | scales_result | {"lexicon": lexicon_summary(lexicon, datamodule.datasets["train"],
                                                                         datamodule.vocab)}
     final_result = about | final_result
@@ -415,8 +409,9 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
         "probe": plot_final(final_result, f"{name}: logistic probe on each layer's final state"),
         "probe_scales": plot_scales(scales_result["layers"], scales_result["columns"], scales_result["trained"],
                                     scales_result["control"], scales_result["difference"],
-                                    f"{name}: linear probes at {steps_per_review} steps of {scales_result['test_reviews']} "
-                                    "test reviews; text: trained score, untrained control"),
+                                    f"{name}: linear probes at {steps_per_review} steps of "
+                                    f"{scales_result['test_reviews']} test reviews; text: trained score, untrained "
+                                    "control"),
     }
     out_dir = Path(out) if out else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,9 +431,10 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
 
 
 def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
-    """Probe every finished job of a sweep (folders matching the glob `jobs`) that lacks probe_scales.json, then group
-    the jobs that differ only in seed and write probe_scales_summary.json and probe_scales_<config>.png into the
-    sweep folder: per configuration and cell, the mean and 95% CI (Student t) of trained, control and difference."""
+    """Probe every finished IMDB job of a sweep (folders matching the glob `jobs`) that lacks probe_scales.json, then
+    group the jobs that differ only in seed and write probe_scales_summary.json and probe_scales_<config>.png into
+    the sweep folder: per configuration and cell, the mean and 95% CI (Student t) of trained, control and
+    difference."""
     from stacked_rnn.report import config_name, summarise, swept_values
 
     sweep = Path(sweep_dir).expanduser()
@@ -446,9 +442,10 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
         raise CheckpointError(f"sweep={sweep_dir} is not a folder")
     folders = [d for d in sorted(sweep.iterdir()) if d.is_dir() and fnmatch.fnmatch(d.name, jobs)
                and (d / "results.json").is_file()]
-    done = [d for d in folders if json.loads((d / "results.json").read_text()).get("status", "ok") == "ok"]
+    results = {d: json.loads((d / "results.json").read_text()) for d in folders}
+    done = [d for d, r in results.items() if r.get("status", "ok") == "ok" and r.get("metric", "acc") == "acc"]
     if not done:
-        raise CheckpointError(f"sweep={sweep_dir} jobs={jobs}: no finished job folder (with results.json) matches")
+        raise CheckpointError(f"sweep={sweep_dir} jobs={jobs}: no finished IMDB job folder (with results.json) matches")
     for job in done:
         if not (job / "probe_scales.json").is_file():
             print(f"probing {job.name}", file=sys.stderr)
@@ -509,7 +506,8 @@ def int_list(low: int):
 
 
 USAGE = ("%(prog)s ckpt=RUN_OR_CKPT | sweep=SWEEP_DIR [jobs=GLOB] [scales=1,4,16,64] [steps_per_review=8]\n"
-         "       [max_reviews=2000] [layers=0,1,...] [sample_seed=0] [out=DIR] [archive=PATH | root=DIR] [cache_dir=DIR]")
+         "       [max_reviews=2000] [layers=0,1,...] [sample_seed=0] [out=DIR] [archive=PATH | root=DIR]\n"
+         "       [cache_dir=DIR]")
 EXAMPLES = """\
   python -m stacked_rnn.probe ckpt=outputs/2026-11-24/15-13-02
   python -m stacked_rnn.probe ckpt=RUN scales=1,4,16,64 steps_per_review=8 max_reviews=2000

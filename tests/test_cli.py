@@ -43,7 +43,8 @@ def test_an_unknown_argument_exits_2_with_the_usage_and_the_allowed_keys(name, c
     ("predict", ["ckpt=run", "--text"], "error: argument --text: expected one argument"),
     ("probe", ["ckpt=run", "max_reviews=lots"], "error: argument --max_reviews: 'lots' is not allowed: expected an "
                                                 "integer >= 10"),
-    ("probe", ["ckpt=run", "scales=0"], "error: argument --scales: '0' is not allowed: expected distinct integers >= 1"),
+    ("probe", ["ckpt=run", "scales=0"], "error: argument --scales: '0' is not allowed: expected distinct integers "
+                                        ">= 1"),
     ("probe", ["max_reviews=100"], "error: give ckpt=RUN_OR_CKPT (one run) or sweep=SWEEP_DIR (every job of a sweep)"),
     ("diagnostics", ["ckpt=run"], "error: text= is required"),
     ("diagnostics", ["ckpt=run", "text=hi", "value=colour"], "error: argument --value: invalid choice: 'colour' "

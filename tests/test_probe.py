@@ -68,6 +68,21 @@ def test_sampled_steps_are_real_distinct_and_seeded():
     np.testing.assert_array_equal(again.step, sample.step)
 
 
+def test_a_bidirectional_layer_is_read_forward_at_each_step_and_whole_at_the_end():
+    model = StackedRNNClassifier(num_tokens=20, cell="lstm", layers=2, units=4, embed_dim=3, bidirectional=True).eval()
+    dataset = ReviewDataset([np.array([2, 5, 7, 9, 3]), np.array([4, 4, 8])], np.array([1, 0]))
+    sample = probe.Sample(dataset, np.zeros(20), (1,), max_reviews=2, steps_per_review=2, rng=np.random.default_rng(1))
+    steps, finals = probe.extract(model, sample, layers=[0, 2])
+    assert steps[0].shape == (4, 3) and steps[1].shape == (4, 4) and finals[1].shape == (2, 8)
+    for i, (row, t) in enumerate(zip(sample.review, sample.step)):
+        ids = torch.from_numpy(sample.ids[row])[None]
+        top = probe.layer_outputs(model, ids, torch.tensor([ids.shape[1]]))[-1]  # (1, T, 2 * 4)
+        np.testing.assert_allclose(steps[1][i], top[0, t, :4].numpy(), atol=1e-6)  # the forward half
+        np.testing.assert_allclose(finals[1][row], model.last_state(top, torch.tensor([ids.shape[1]]))[0].numpy(),
+                                   atol=1e-6)
+        np.testing.assert_allclose(steps[0][i], model.embedding(ids)[0, t].detach().numpy())
+
+
 def running_means(polarity: torch.Tensor, scale: int) -> torch.Tensor:
     """(B, T) -> (B, T): the mean of the last `scale` values at every step, by a plain loop."""
     return torch.stack([polarity[:, max(0, t - scale + 1) : t + 1].mean(1) for t in range(polarity.shape[1])], 1)
@@ -130,6 +145,7 @@ def test_probe_after_fit_writes_the_scale_probes_against_the_control(tiny_run):
     for key in ("trained", "control", "difference"):
         assert np.asarray(result[key]).shape == (4, 5), key  # (layers + 1) x (scales + 1)
     assert result["run_seed"] == RUN_SEED and result["train_reviews"] == 100  # the training split without validation
+    assert result["control_model"].startswith(f"StackedRNNClassifier(**hparams) after torch.manual_seed({RUN_SEED})")
     assert result["lexicon"]["train_reviews"] == 100
     assert set(result["lexicon"]["most_positive (in >= 20 reviews)"][:3]) <= {"great", "wonderful", "loved", "superb",
                                                                             "brilliant"}
@@ -161,7 +177,7 @@ def test_probe_needs_one_run_or_one_sweep(tmp_path, capsys):
     assert probe.main(["ckpt=a", "sweep=b"]) == 2
     assert probe.main([f"ckpt={tmp_path}/missing.ckpt"]) == 2
     assert probe.main([f"sweep={tmp_path}"]) == 2
-    assert "no finished job folder" in capsys.readouterr().err
+    assert "no finished IMDB job folder" in capsys.readouterr().err
 
 
 def test_sweep_summary_probes_missing_jobs_and_averages_over_seeds(tiny_run, tmp_path, capsys):
