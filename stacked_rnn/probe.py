@@ -238,7 +238,7 @@ def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, lexic
                 seed: int = 0) -> tuple[dict, dict]:
     """Probe the trained model and its control on the same sampled reviews and steps. Returns the scale probes'
     result (probe_scales.json) and the final-state probe's (probe.json)."""
-    layers = list(range(model.hparams.layers + 1)) if layers is None else layers
+    layers = list(range(model.hparams.layers + 1)) if layers is None else sorted(layers)
     rng = np.random.default_rng(seed)
     train_sample = Sample(train, lexicon, scales, max_reviews, steps_per_review, rng)
     test_sample = Sample(test, lexicon, scales, max_reviews, steps_per_review, rng)
@@ -285,9 +285,8 @@ def lexicon_summary(lexicon: np.ndarray, train: ReviewDataset, vocab: list[str])
     return {"source": "smoothed log-count ratio (NBSVM, Wang & Manning 2012) of binarised counts in the run's "
                       "training reviews (never validation or test)", "alpha": LEXICON_ALPHA,
             "train_reviews": len(train), "vocab_size": len(vocab), "unk": float(lexicon[UNK_ID]),
-            "pad": float(lexicon[PAD_ID]),
-            f"most_positive (in >= {LEXICON_MIN_REVIEWS} reviews)": [vocab[i] for i in ranked[:10]],
-            f"most_negative (in >= {LEXICON_MIN_REVIEWS} reviews)": [vocab[i] for i in ranked[::-1][:10]]}
+            "pad": float(lexicon[PAD_ID]), "most_polar_among": f"words in >= {LEXICON_MIN_REVIEWS} training reviews",
+            "most_positive": [vocab[i] for i in ranked[:10]], "most_negative": [vocab[i] for i in ranked[::-1][:10]]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +302,8 @@ def plot_final(result: dict, title: str):
 
     names = [n.replace(" (", "\n(") for n in result["layers"]]
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(names), 3.4))
-    bars = ax.bar(range(len(names)), result["accuracy"], color=["grey"] + ["C0"] * (len(names) - 1))
+    bars = ax.bar(range(len(names)), result["accuracy"], color=["grey" if n.startswith("embeddings") else "C0"
+                                                                for n in names])
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.scatter(range(len(names)), result["control"], marker="_", s=600, color="black", label="untrained control")
     ax.axhline(0.5, color="red", linestyle=":", label="chance")

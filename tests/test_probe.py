@@ -147,8 +147,8 @@ def test_probe_after_fit_writes_the_scale_probes_against_the_control(tiny_run):
     assert result["run_seed"] == RUN_SEED and result["train_reviews"] == 100  # the training split without validation
     assert result["control_model"].startswith(f"StackedRNNClassifier(**hparams) after torch.manual_seed({RUN_SEED})")
     assert result["lexicon"]["train_reviews"] == 100
-    assert set(result["lexicon"]["most_positive (in >= 20 reviews)"][:3]) <= {"great", "wonderful", "loved", "superb",
-                                                                            "brilliant"}
+    assert set(result["lexicon"]["most_positive"][:3]) <= {"great", "wonderful", "loved", "superb", "brilliant"}
+    assert set(result["lexicon"]["most_negative"][:3]) <= {"awful", "boring", "hated", "terrible", "dull"}
     assert result["trained"][3][4] > 0.7 and result["difference"][3][4] > 0.1  # the top layer knows the label
     assert (tiny_run / "probe_scales.png").stat().st_size > 1000
     final = json.loads((tiny_run / "probe.json").read_text())
