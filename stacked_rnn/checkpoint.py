@@ -93,16 +93,16 @@ class RunParser(argparse.ArgumentParser):
     """argparse for predict, probe and diagnostics. Every option is given as key=value (the documented form,
     split at the first '=' so a text keeps any '=' or quotes it holds) or as --key value; ckpt= is required.
     --help prints the usage, the description and the examples; a mistake raises UsageError instead of exiting,
-    so main() returns 2 and the tests can call it."""
+    so main() returns 2 and the tests can call it. require_ckpt=False: the tool checks ckpt= itself (probe's sweep=)."""
 
-    def __init__(self, prog: str, usage: str, description: str, examples: str):
+    def __init__(self, prog: str, usage: str, description: str, examples: str, require_ckpt: bool = True):
         super().__init__(prog=prog, usage=usage, description=description, epilog=f"examples:\n{examples}",
                          formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         self.keys: dict[str, str] = {}  # key -> its help
         self.required_keys: list[str] = []
         self.key_group = self.add_argument_group("arguments, each as key=VALUE or --key VALUE")
-        self.add_key("ckpt", "a run folder (its best checkpoint, else last.ckpt) or a .ckpt file", required=True,
-                     metavar="PATH")
+        self.add_key("ckpt", "a run folder (its best checkpoint, else last.ckpt) or a .ckpt file",
+                     required=require_ckpt, metavar="PATH")
 
     def add_key(self, key: str, help: str, required: bool = False, **kwargs) -> None:
         """An option read from key=VALUE or --key VALUE; a required one is checked after parsing."""

@@ -306,6 +306,9 @@ def run(cfg: DictConfig) -> dict:
     data_seconds = time.perf_counter() - data_start
     if hasattr(datamodule, "write_splits") and trainer.is_global_zero:  # which reviews validate this run, for audit
         datamodule.write_splits(output_dir)
+    # the start depends on the seed alone (nothing above draws from torch's generator, so this changes no run): the
+    # probe rebuilds it as its untrained control (stacked_rnn.probe.initial_model; tests/test_probe.py checks)
+    torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
     cfg.model.units = model.hparams.units  # the width in use (chosen by model.param_budget when set), as recorded
     if ckpt_path:
@@ -359,7 +362,7 @@ def run(cfg: DictConfig) -> dict:
     if test_score is not None:
         log_hparams(trainer, model, results)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    if cfg.get("probe_after_fit") and checkpoint and metric == "acc":  # layer-wise probes: probe.json, probe.png
+    if cfg.get("probe_after_fit") and checkpoint and metric == "acc":  # probe_scales.json/png, probe.json/png
         from stacked_rnn.probe import run_probe
 
         run_probe(checkpoint)

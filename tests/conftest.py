@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 POSITIVE = ["great", "wonderful", "loved", "superb", "brilliant"]
@@ -102,6 +103,17 @@ class SendSignal(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == self.at_epoch_end:
             os.kill(os.getpid(), self.signum)
+
+
+class SaveStart(L.Callback):
+    """Saves the model's weights as training starts (on_fit_start), before any step: the run's initial weights.
+    Added with +callbacks.start._target_=conftest.SaveStart +callbacks.start.path=FILE."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_fit_start(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()}, self.path)
 
 
 def signal_overrides(signum: int, **at) -> list[str]:

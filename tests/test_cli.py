@@ -42,7 +42,10 @@ def test_an_unknown_argument_exits_2_with_the_usage_and_the_allowed_keys(name, c
     ("predict", ["ckpt=run", "batch_size=0"], "error: argument --batch_size: '0' is not allowed: expected an integer >= 1"),
     ("predict", ["ckpt=run", "--text"], "error: argument --text: expected one argument"),
     ("probe", ["ckpt=run", "max_reviews=lots"], "error: argument --max_reviews: 'lots' is not allowed: expected an "
-                                                "integer >= 2"),
+                                                "integer >= 10"),
+    ("probe", ["ckpt=run", "scales=0"], "error: argument --scales: '0' is not allowed: expected distinct integers "
+                                        ">= 1"),
+    ("probe", ["max_reviews=100"], "error: give ckpt=RUN_OR_CKPT (one run) or sweep=SWEEP_DIR (every job of a sweep)"),
     ("diagnostics", ["ckpt=run"], "error: text= is required"),
     ("diagnostics", ["ckpt=run", "text=hi", "value=colour"], "error: argument --value: invalid choice: 'colour' "
                                                              "(choose from 'norm', 'readout')"),
@@ -63,8 +66,10 @@ def test_documented_key_value_forms_parse_like_the_options():
     assert parser.parse_args(["ckpt=run", "--text", "file=x"]).text == "file=x"  # a value is never read as a key
     assert parser.parse_args(["ckpt=run", "file=reviews.txt"]).file == "reviews.txt"
 
-    assert probe.build_parser().parse_args(["ckpt=RUN", "max_reviews=100", "archive=a.tar.gz", "cache_dir=c"]) == \
-        Namespace(ckpt="RUN", max_reviews=100, out=None, archive="a.tar.gz", root=None, cache_dir="c")
+    assert probe.build_parser().parse_args(["ckpt=RUN", "max_reviews=100", "archive=a.tar.gz", "cache_dir=c",
+                                            "scales=16,1,4", "layers=0,2"]) == \
+        Namespace(ckpt="RUN", sweep=None, jobs="*", scales=[1, 4, 16], steps_per_review=8, max_reviews=100,
+                  layers=[0, 2], sample_seed=0, out=None, archive="a.tar.gz", root=None, cache_dir="c")
     assert diagnostics.grid_parser().parse_args(["ckpt=RUN", "text=This movie was a waste.", "value=readout",
                                                  "out=r.png", "max_tokens=5"]) == \
         Namespace(ckpt="RUN", text="This movie was a waste.", value="readout", out="r.png", max_tokens=5)

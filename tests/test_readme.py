@@ -174,7 +174,9 @@ def test_readme_quick_start_runs_end_to_end(tiny_archive, tmp_path, capsys):
             elif name == "probe":
                 run_module(argv, capsys)
                 assert len(json.loads((run_dir / "probe.json").read_text())["accuracy"]) == 3  # embeddings + 2 layers
-                assert (run_dir / "probe.png").exists()
+                scales = json.loads((run_dir / "probe_scales.json").read_text())
+                assert [len(row) for row in scales["difference"]] == [5, 5, 5]  # layers 0-2 x scales 1-64 and doc
+                assert (run_dir / "probe.png").exists() and (run_dir / "probe_scales.png").exists()
             elif name == "diagnostics":
                 run_module(argv, capsys)
                 assert (run_dir / "depth_time_norm.png").stat().st_size > 1000
