@@ -4,7 +4,7 @@ Freezes a trained model, takes each layer's final hidden state (the fused module
 per-layer re-run) for the training and test reviews, fits one logistic regression per layer on the
 training features and reports its test accuracy. The mean of the word embeddings (a bag of words)
 is probed too, as the reference for word-level cues. Writes probe.json and probe.png into the run
-folder and logs the figure to its TensorBoard.
+folder and logs the figure to its TensorBoard (when the run logged to TensorBoard).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from stacked_rnn.checkpoint import (CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load,
                                     read_results, run_folder)
 from stacked_rnn.diagnostics import final_states, layer_outputs
+from stacked_rnn.loggers import has_tensorboard
 
 USAGE = "%(prog)s ckpt=RUN_OR_CKPT [max_reviews=2000] [out=DIR] [archive=PATH | root=DIR] [cache_dir=DIR]"
 EXAMPLES = """\
@@ -30,7 +31,7 @@ def build_parser() -> RunParser:
     parser = RunParser("python -m stacked_rnn.probe", USAGE, "Layer-wise probes: fit a logistic regression on each "
                        "layer's final hidden state (and on the mean\nword embedding) of the training reviews and print "
                        "its test accuracy. Writes probe.json and\nprobe.png into the run folder and logs the figure "
-                       "to its TensorBoard.", EXAMPLES)
+                       "to its TensorBoard, if it has one.", EXAMPLES)
     parser.add_key("max_reviews", "reviews of each split to probe (default: %(default)s)", type=at_least(2),
                    default=2000, metavar="N")
     parser.add_key("out", "folder for probe.json and probe.png (default: the run folder)", metavar="DIR")
@@ -116,10 +117,11 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, **data
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "probe.png", dpi=120)
     (out_dir / "probe.json").write_text(json.dumps(result, indent=2))
-    from torch.utils.tensorboard import SummaryWriter
+    if has_tensorboard(run_dir):  # the run logged to TensorBoard (logger=tensorboard, the default)
+        from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_figure("probe/accuracy_by_layer", fig)
+        with SummaryWriter(str(run_dir)) as writer:
+            writer.add_figure("probe/accuracy_by_layer", fig)
     return result
 
 
