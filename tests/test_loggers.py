@@ -115,3 +115,17 @@ def test_mlflow_sweep_runs_read_back_with_mlflows_client(tiny_archive, tmp_path)
         saved = client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / run.info.run_id))
         assert json.loads(open(saved).read()) == results
     assert not (tmp_path / "mlruns").exists(), "artifacts stay in outputs/ (outputs/mlartifacts)"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_mlflow_run(tiny_archive, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_tiny(tiny_archive, tmp_path, "logger=mlflow", "trainer.max_epochs=1")
+    results, _ = run_tiny(tiny_archive, tmp_path, "logger=mlflow", "trainer.max_epochs=2", "ckpt_path=last")
+    client = mlflow.MlflowClient(results["config"]["logger"]["mlflow"]["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("stacked_rnn").experiment_id])
+    assert len(runs) == 1 and results["config"]["logger"]["mlflow"]["run_id"] == runs[0].info.run_id
+    assert len(client.get_metric_history(runs[0].info.run_id, "val/acc")) == 2  # epoch 1, then epoch 2 after resuming
+    assert runs[0].data.metrics["hp/test_acc"] == results["test_acc"]
