@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from omegaconf import DictConfig, open_dict
 
 MLFLOW_INSTALL = 'pip install -e ".[mlflow]"'
+SQLITE = "sqlite:///"  # a local MLflow store: one file, no server (MLflow 3's own default kind of store)
 SINGLE_RUN_EXPERIMENT = "stacked_rnn"  # MLflow experiment of the runs that are not part of a sweep
 
 
@@ -33,16 +34,16 @@ def mlflow_installed() -> bool:
 def local_store(uri: str, cwd: Path) -> str:
     """A relative sqlite:/// store made absolute against `cwd`, its folder created; any other URI as it is.
     Absolute, so that every process of a sweep (joblib, submitit) writes to the same file."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    if not uri.startswith(SQLITE):
         return uri
-    path = Path(uri[len(prefix):]).expanduser()
+    path = Path(uri[len(SQLITE):]).expanduser()
     path = path if path.is_absolute() else cwd / path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return prefix + str(path)
+    return SQLITE + str(path)
 
 
 def relative(path: Path, cwd: Path) -> str:
+    """path as the user sees it from where they ran (outputs/multirun/DATE/TIME), else absolute."""
     try:
         return str(path.resolve().relative_to(cwd.resolve()))
     except ValueError:
@@ -50,13 +51,13 @@ def relative(path: Path, cwd: Path) -> str:
 
 
 def complete_mlflow(node: DictConfig, output_dir: Path, cwd: Path, sweep_dir: Path | None, resuming: bool) -> None:
-    """Fill logger.mlflow's nulls in place (results.json then records the values used): the store, one experiment
-    per sweep (else stacked_rnn), the run folder as run name and tag. The experiment is made here, before Lightning
-    looks for it, because two sweep jobs starting together would both try to create it. A resumed run
+    """Fill logger.mlflow's nulls in place (results.json then records the values used): the store and its artifact
+    folder, one experiment per sweep (else stacked_rnn), the run folder as run name and tag. The experiment is made
+    here, under a lock, because the jobs of a parallel sweep all start by looking for it. A resumed run
     (ckpt_path=last) continues the MLflow run of its run folder."""
     node.tracking_uri = local_store(node.tracking_uri, cwd)
-    if node.artifact_location is None and node.tracking_uri.startswith("sqlite:///"):
-        node.artifact_location = (Path(node.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    if node.artifact_location is None and node.tracking_uri.startswith(SQLITE):
+        node.artifact_location = (Path(node.tracking_uri[len(SQLITE):]).parent / "mlartifacts").as_uri()
     if node.experiment_name is None:
         node.experiment_name = relative(sweep_dir, cwd) if sweep_dir else SINGLE_RUN_EXPERIMENT
     if node.run_name is None:
@@ -68,7 +69,7 @@ def complete_mlflow(node: DictConfig, output_dir: Path, cwd: Path, sweep_dir: Pa
     with one_at_a_time(node.tracking_uri):
         client = MlflowClient(node.tracking_uri)  # a new sqlite store: creates its tables
         experiment_id = find_or_create_experiment(client, node.experiment_name, node.artifact_location)
-    if resuming and node.get("run_id") is None:
+    if resuming and node.get("run_id") is None and "'" not in run_dir:  # (a quote would end the filter's string)
         previous = client.search_runs([experiment_id], f"tags.run_dir = '{run_dir}'", max_results=1,
                                       order_by=["attributes.start_time DESC"])
         if previous:
@@ -80,12 +81,12 @@ def complete_mlflow(node: DictConfig, output_dir: Path, cwd: Path, sweep_dir: Pa
 def one_at_a_time(uri: str):
     """Parallel sweep jobs on one local sqlite store: one at a time creates its tables and the sweep's experiment
     (together they fail with 'table ... already exists', or both create the experiment)."""
-    if not uri.startswith("sqlite:///"):
+    if not uri.startswith(SQLITE):
         yield
         return
     import fcntl
 
-    with open(uri[len("sqlite:///"):] + ".lock", "w") as lock:
+    with open(uri[len(SQLITE):] + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -135,8 +136,9 @@ def where(loggers: list[Logger]) -> list[str]:
         elif isinstance(logger, CSVLogger):
             lines.append(os.path.join(os.path.normpath(logger.log_dir), "metrics.csv"))
         elif isinstance(logger, MLFlowLogger):
-            lines.append(f"mlflow ui --backend-store-uri {logger.experiment.tracking_uri}  (MLflow run "
-                         f"{logger.run_id})")
+            uri = logger.experiment.tracking_uri
+            shown = f"mlflow ui --backend-store-uri {uri}" if uri.startswith(SQLITE) else f"MLflow server {uri}"
+            lines.append(f"{shown}  (run {logger.run_id})")
         else:
             lines.append(type(logger).__name__)
     return lines
