@@ -156,7 +156,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> 
                           "logger=[tensorboard,csv]")
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     cwd = Path(hydra_cfg.runtime.cwd) if hydra_cfg else Path.cwd()
-    sweep_dir = Path(hydra_cfg.sweep.dir) if is_multirun() else None
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg and is_multirun() else None
     loggers = []
     for name, node in chosen.items():
         if needs_mlflow(node):
