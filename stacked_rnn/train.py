@@ -302,8 +302,8 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # vanishing BPTT gradients turn subnormal: ~15x slower on x86 without this
     L.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None)  # before the data work: trainer.* and
-    # logger.* mistakes surface at once
+    # before the data work, so that trainer.* and logger.* mistakes surface at once
+    trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None)
 
     datamodule = instantiate(cfg.data)
     data_start = time.perf_counter()
