@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load, run_folder
+from stacked_rnn.loggers import has_tensorboard, tensorboard_of
 
 WEIGHT_RE = re.compile(r"weight_(ih|hh)_l(\d+)(_reverse)?$")
 
@@ -96,8 +97,8 @@ class GradientFlow(L.Callback):
         if any(g is None for g in grads):
             return
         norms = dict(zip(weights, torch.stack([g.detach().float().norm() for g in grads]).tolist()))  # one sync
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"grad/{n}": v for n, v in norms.items()}, step=trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"grad/{n}": v for n, v in norms.items()}, step=trainer.global_step)
         for name, value in norms.items():
             self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
         self.epoch_count += 1
@@ -133,9 +134,9 @@ class GradientFlow(L.Callback):
         hp = pl_module.hparams
         fig = plot_grad_flow(norms, f"{hp.cell} x {hp.layers}{' residual' if hp.get('residual') else ''}: "
                                     f"mean gradient norm, epoch {trainer.current_epoch}")
-        experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure("grad/by_layer", fig, global_step=trainer.current_epoch, close=False)
+        writer = tensorboard_of(trainer)  # other loggers get grad_flow.png (MLflow: as an artifact, at the run's end)
+        if writer is not None:
+            writer.add_figure("grad/by_layer", fig, global_step=trainer.current_epoch, close=False)
         out = Path(trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         fig.savefig(out / "grad_flow.png", dpi=110)
@@ -225,7 +226,8 @@ GRID_EXAMPLES = """\
 def grid_parser() -> RunParser:
     parser = RunParser("python -m stacked_rnn.diagnostics", GRID_USAGE, "Depth x time grid of one review: one row per "
                        "layer, one column per token (? marks an unknown word).\nSaves a PNG (default: "
-                       "depth_time_{value}.png in the run folder) and logs it to the run's TensorBoard.", GRID_EXAMPLES)
+                       "depth_time_{value}.png in the run folder) and logs it to the run's TensorBoard, if it has "
+                       "one.", GRID_EXAMPLES)
     parser.add_key("text", "the review", required=True, metavar='"..."')
     parser.add_key("value", "norm: each layer's hidden-state norm; readout: the head's running read-out "
                    "(default: %(default)s)", choices=GRID_VALUES, default="norm")
@@ -236,7 +238,7 @@ def grid_parser() -> RunParser:
 
 
 def grid_main(argv: list[str] | None = None) -> int:
-    """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard."""
+    """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard, if it has one."""
     from stacked_rnn.data import truncate_ids
     from stacked_rnn.imdb import UNK_ID, encode, tokenise
 
@@ -262,11 +264,14 @@ def grid_main(argv: list[str] | None = None) -> int:
     out = Path(args.out or run_dir / f"depth_time_{value}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    from torch.utils.tensorboard import SummaryWriter
+    shown_in = ""
+    if has_tensorboard(run_dir):  # the run logged to TensorBoard (logger=tensorboard, the default)
+        from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_figure(f"depth_time/{value}", fig)
-    print(f"{len(tokens)} tokens x {grid.shape[0]} layers -> {out} (TensorBoard: depth_time/{value} in {run_dir})")
+        with SummaryWriter(str(run_dir)) as writer:
+            writer.add_figure(f"depth_time/{value}", fig)
+        shown_in = f" (TensorBoard: depth_time/{value} in {run_dir})"
+    print(f"{len(tokens)} tokens x {grid.shape[0]} layers -> {out}{shown_in}")
     return 0
 
 

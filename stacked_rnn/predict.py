@@ -36,13 +36,19 @@ def build_parser() -> RunParser:
 
 @torch.no_grad()
 def predict(model: StackedRNNClassifier, data_state: dict, texts: list[str], batch_size: int = 256) -> list[float]:
-    """Positive-class probability of each text (empty texts score as a single unknown word)."""
+    """Positive-class probability of each text (empty texts score as a single unknown word). data_state is what
+    turns text into the training ids: a checkpoint's "IMDBDataModule" entry, or IMDBDataModule.state_dict().
+    Runs in eval mode (no dropout) on the model's device, whatever mode the model was in (and leaves it so)."""
     stoi = {word: i for i, word in enumerate(data_state["vocab"])}
     encoded = [truncate_ids(encode(t, stoi), data_state["max_len"], data_state["truncate"]) for t in texts]
-    probs = []
-    for start in range(0, len(encoded), batch_size):
-        ids, lengths, _ = collate([(x, 0) for x in encoded[start : start + batch_size]])
-        probs += torch.sigmoid(model(ids, lengths).float()).tolist()
+    was_training, probs = model.training, []
+    model.eval()
+    try:
+        for start in range(0, len(encoded), batch_size):
+            ids, lengths, _ = collate([(x, 0) for x in encoded[start : start + batch_size]])
+            probs += torch.sigmoid(model(ids.to(model.device), lengths).float()).tolist()
+    finally:
+        model.train(was_training)
     return probs
 
 

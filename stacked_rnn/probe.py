@@ -33,6 +33,7 @@ from stacked_rnn.checkpoint import (CheckpointError, RunParser, UsageError, at_l
 from stacked_rnn.data import ReviewDataset, collate
 from stacked_rnn.diagnostics import layer_outputs
 from stacked_rnn.imdb import PAD_ID, UNK_ID
+from stacked_rnn.loggers import has_tensorboard
 from stacked_rnn.model import StackedRNNClassifier
 
 DEFAULT_SCALES = (1, 4, 16, 64)
@@ -418,12 +419,18 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "probe.json").write_text(json.dumps(final_result, indent=2))
     (out_dir / "probe_scales.json").write_text(json.dumps(scales_result, indent=2))
-    from torch.utils.tensorboard import SummaryWriter
+    for file, fig in figures.items():
+        fig.savefig(out_dir / f"{file}.png", dpi=120)
+    if has_tensorboard(run_dir):  # the run logged to TensorBoard (logger=tensorboard, the default)
+        from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(run_dir)) as writer:
-        for file, fig in figures.items():
-            fig.savefig(out_dir / f"{file}.png", dpi=120)
-            writer.add_figure("probe/accuracy_by_layer" if file == "probe" else "probe/scales", fig)
+        with SummaryWriter(str(run_dir)) as writer:
+            for file, fig in figures.items():
+                writer.add_figure("probe/accuracy_by_layer" if file == "probe" else "probe/scales", fig, close=False)
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
     return scales_result, final_result
 
 

@@ -1,8 +1,8 @@
 """Train, test and record one stacked RNN: `python -m stacked_rnn.train model.cell=gru model.layers=3`.
 
 Hydra composes conf/ (add -m for sweeps); this module turns the config into a DataModule, a model
-and a Lightning Trainer, fits, tests the best checkpoint on the official test set, logs hparams to
-TensorBoard and writes results.json into the run folder.
+and a Lightning Trainer with its loggers (logger=tensorboard|csv|mlflow|many), fits, tests the best checkpoint
+on the official test set, logs hparams and final metrics to every logger and writes results.json into the run folder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
@@ -35,6 +35,7 @@ from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNo
                                    submitit_requeue_signal)
 from stacked_rnn.data import TRUNCATE_CHOICES
 from stacked_rnn.imdb import VAL_SPLITS, DataError
+from stacked_rnn.loggers import MLFLOW_INSTALL, complete_mlflow, log_run_files, mlflow_installed, needs_mlflow, where
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS, units_for_budget
 
 log = logging.getLogger("stacked_rnn")
@@ -176,8 +177,34 @@ def uses_cuda(cfg: DictConfig) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
-    """The Lightning Trainer from cfg.trainer, with cfg.callbacks and a TensorBoard logger in the run folder."""
+def build_loggers(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> list[Logger]:
+    """cfg.logger's loggers (logger=tensorboard, csv, mlflow, many or a list), Lightning's own classes."""
+    chosen = {name: node for name, node in (cfg.get("logger") or {}).items() if node is not None}
+    if not chosen:
+        raise ConfigError("no logger is configured: expected logger=tensorboard, csv, mlflow, many or a list such as "
+                          "logger=[tensorboard,csv]")
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    cwd = Path(hydra_cfg.runtime.cwd) if hydra_cfg else Path.cwd()
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg and is_multirun() else None
+    loggers = []
+    for name, node in chosen.items():
+        if needs_mlflow(node):
+            if not mlflow_installed():
+                raise ConfigError(f"logger.{name} needs MLflow, which is not installed: {MLFLOW_INSTALL}")
+            try:
+                complete_mlflow(node, output_dir, cwd, sweep_dir, resuming)
+            except Exception as err:  # a wrong URI, a server that does not answer, a deleted experiment
+                raise ConfigError(f"logger.{name}: cannot use the MLflow store {node.tracking_uri}: "
+                                  f"{' '.join(str(err).split())[:300]}") from err
+        try:
+            loggers.append(instantiate(node))
+        except InstantiationException as err:
+            raise ConfigError(f"cannot build logger.{name}: {' '.join(str(err).split())}") from err
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> L.Trainer:
+    """The Lightning Trainer from cfg.trainer, with cfg.callbacks and cfg.logger's loggers."""
     try:
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     except InstantiationException as err:
@@ -185,7 +212,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     callbacks += [History(), StopOnNonFiniteLoss(), ExactResume(cfg.seed)]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    logger = TensorBoardLogger(save_dir=str(output_dir), name="", version="", default_hp_metric=False)
+    loggers = build_loggers(cfg, output_dir, resuming)
     precision = cfg.trainer.precision
     if precision == "auto":
         precision = "bf16-mixed" if uses_cuda(cfg) and torch.cuda.is_bf16_supported() else "32-true"
@@ -202,7 +229,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
         log.warning("trainer.strategy=ddp inside a multirun: using ddp_spawn so each job stays one job")
         strategy = "ddp_spawn"
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, strategy=strategy,
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision, strategy=strategy,
                            default_root_dir=str(output_dir), **slurm)
     except InstantiationException as err:
         raise ConfigError(f"cannot build the trainer from trainer.*: {' '.join(str(err).split())}") from err
@@ -278,13 +305,21 @@ def interrupted(cfg: DictConfig, trainer: L.Trainer) -> Interrupted:
 
 
 def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
-    """One HPARAMS row per run, with the same keys in every run (TensorBoard hides keys missing from the first)."""
+    """The run's hyperparameters and final metrics, to every logger: TensorBoard's HPARAMS tab (one row per run, with
+    the same keys in every run: it hides keys missing from the first), MLflow params and metrics, CSV hparams.yaml
+    and a last metrics.csv row."""
     hparams = {k: model.hparams[k] for k in HPARAM_KEYS} | {"params": results["num_params"],
                                                              "stack_params": results["stack_params"]}
     metric = results["metric"]
     metrics = {name.format(metric=metric): value for name, value in zip(
         HP_METRICS, (results[f"best_val_{metric}"], results[f"test_{metric}"], results["train_seconds"]))}
-    trainer.logger.log_hyperparams(hparams, metrics)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, metrics)  # the HPARAMS tab pairs them
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()  # CSV: write the row now (Lightning already finalized the logger after testing)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -297,7 +332,8 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # vanishing BPTT gradients turn subnormal: ~15x slower on x86 without this
     L.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, output_dir)  # before the data work, so trainer.* mistakes surface at once
+    # before the data work, so that trainer.* and logger.* mistakes surface at once
+    trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None)
 
     datamodule = instantiate(cfg.data)
     data_start = time.perf_counter()
@@ -366,7 +402,8 @@ def run(cfg: DictConfig) -> dict:
         from stacked_rnn.probe import run_probe
 
         run_probe(checkpoint)
-    print_summary(results, output_dir)
+    log_run_files(trainer.loggers, output_dir)  # MLflow: results.json and the figures, now that they are written
+    print_summary(results, output_dir, where(trainer.loggers))
     return results
 
 
@@ -381,7 +418,7 @@ def best_epoch(history: list[dict], metric: str) -> int | None:
     return next(epoch for score, epoch in scores if sign * score == best) + 1
 
 
-def print_summary(results: dict, output_dir: Path) -> None:
+def print_summary(results: dict, output_dir: Path, logs: list[str] = ()) -> None:
     metric = results["metric"]
     test = f"{results[f'test_{metric}']:.4f}" if results[f"test_{metric}"] is not None else "not run"
     print(
@@ -391,7 +428,7 @@ def print_summary(results: dict, output_dir: Path) -> None:
         f"({results['train_samples_per_second']:.0f} samples/s on {results['device']})\n"
         f"results:    {output_dir / 'results.json'}\n"
         f"checkpoint: {results['best_checkpoint']}\n"
-        f"logs:       tensorboard --logdir {output_dir}\n{'=' * 72}"
+        + "".join(f"logs:       {line}\n" for line in logs) + "=" * 72
     )
 
 

@@ -34,7 +34,7 @@ def test_gradient_norms_are_logged_per_layer(tiny_archive, tmp_path):
 
 class FakeTrainer:
     global_step = 0
-    logger = None
+    loggers = []
 
 
 def test_vanishing_and_exploding_warn_once():

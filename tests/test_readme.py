@@ -32,6 +32,7 @@ SKIPPED = {
     "pip": "installs packages (network)",
     "pytest": "the test suite itself (test_readme_test_commands_are_the_ones_ci_runs checks them against .ci/run)",
     "tensorboard": "a server that runs until stopped",
+    "mlflow": "the MLflow UI, a server that runs until stopped (tests/test_loggers.py reads the store with MLflow's client)",
 }
 NOT_TRAINED = {  # an override -> what the command needs that a test machine may not have
     "hydra/launcher=slurm": "Slurm",
@@ -192,11 +193,13 @@ def test_readme_quick_start_runs_end_to_end(tiny_archive, tmp_path, capsys):
             sweeping.communicate()
 
 
-def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_path, capsys):
+def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_path, capsys, monkeypatch):
     """Outside the quick start: each train command (the first job of a sweep) trains in-process on the tiny
     archive, after a tiny run for the resume command to resume; commands that need Slurm, a GPU or several
     processes are composed and checked only, and so are those whose tiny config already trained. The checkpoint
     tools run on that tiny run, the report on the sweeps' first jobs."""
+    monkeypatch.chdir(tmp_path)  # logger=mlflow's default store, outputs/mlflow.db, is taken from the working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir, sweep_dir, cache = tmp_path / "run", tmp_path / "sweep", tmp_path / "cache"
     train.run(compose_config([*tiny([], tiny_archive, cache), f"output_dir={run_dir}"]))
     commands = [(section, split(c, run_dir, sweep_dir)) for section, c in readme_commands(README.read_text())
@@ -238,6 +241,8 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
     assert any("experiment=depth_study" in c for c in trained + checked), "the headline's depth study"
     assert any("hydra/launcher=slurm" in c for c in checked) and any("--cfg" in c for c in checked)
     assert {"diagnostics", "report"} <= set(tools) and (sweep_dir / "report.md").exists()
+    assert any("logger=csv" in c for c in trained) and any("logger=mlflow" in c for c in trained)
+    assert (tmp_path / "outputs" / "mlflow.db").exists(), "the README's logger=mlflow run wrote to the default store"
 
 
 def test_readme_test_commands_are_the_ones_ci_runs():

@@ -68,8 +68,11 @@ def test_parallel_2x2_sweep_with_a_failing_job_writes_the_report(tiny_archive, t
 
 
 def test_failing_job_does_not_stop_the_others(tiny_archive, tmp_path):
-    done, sweep_dir = sweep(tmp_path, tiny_archive, "model.cell=gru,bogus")
+    done, sweep_dir = sweep(tmp_path, tiny_archive, "model.cell=gru,bogus", "logger=csv")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (sweep_dir / "cell=gru" / "csv" / "metrics.csv").exists()
+    assert not list((sweep_dir / "cell=gru").glob("events.out.tfevents.*"))
+    assert (sweep_dir / "report.md").exists(), "the report reads results.json, whichever logger ran"
     good = json.loads((sweep_dir / "cell=gru" / "results.json").read_text())
     bad = json.loads((sweep_dir / "cell=bogus" / "results.json").read_text())
     assert good["status"] == "ok" and good["test_acc"] is not None
