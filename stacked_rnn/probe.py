@@ -439,7 +439,8 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
 
 
 def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
-    """Probe every finished IMDB job of a sweep (folders matching the glob `jobs`) that lacks probe_scales.json, then
+    """Probe every finished IMDB job of a sweep (folders matching the glob `jobs`, or any of several globs joined by
+    '|', e.g. each configuration at its tuned learning rate) that lacks probe_scales.json, then
     group the jobs that differ only in seed and write probe_scales_summary.json and probe_scales_<config>.png into
     the sweep folder: per configuration and cell, the mean and 95% CI (Student t) of trained, control and
     difference."""
@@ -448,7 +449,8 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
     sweep = Path(sweep_dir).expanduser()
     if not sweep.is_dir():
         raise CheckpointError(f"sweep={sweep_dir} is not a folder")
-    folders = [d for d in sorted(sweep.iterdir()) if d.is_dir() and fnmatch.fnmatch(d.name, jobs)
+    globs = jobs.split("|")
+    folders = [d for d in sorted(sweep.iterdir()) if d.is_dir() and any(fnmatch.fnmatch(d.name, g) for g in globs)
                and (d / "results.json").is_file()]
     results = {d: json.loads((d / "results.json").read_text()) for d in folders}
     done = [d for d, r in results.items() if r.get("status", "ok") == "ok" and r.get("metric", "acc") == "acc"]
@@ -531,7 +533,8 @@ def build_parser() -> RunParser:
                        "probe_scales_summary.json and one heatmap per configuration (mean over seeds).", EXAMPLES,
                        require_ckpt=False)
     parser.add_key("sweep", "a sweep folder instead of ckpt=: probe its jobs and average over seeds", metavar="DIR")
-    parser.add_key("jobs", "with sweep=: the job folders to include, a glob (default: %(default)s)", default="*",
+    parser.add_key("jobs", "with sweep=: the job folders to include, a glob or globs joined by | (default: "
+                   "%(default)s)", default="*",
                    metavar="GLOB")
     parser.add_key("scales", "window sizes w in tokens (default: 1,4,16,64)", type=int_list(1),
                    default=list(DEFAULT_SCALES), metavar="W,W,...")

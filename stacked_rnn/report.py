@@ -518,8 +518,8 @@ def plot_against_depth(configs: list[dict], metric: str, ylabel: str, title: str
 
 def plot_convergence(configs: list[dict], metric: str, tune=()):
     """Validation metric against epoch: one panel per group of configurations that differ only in depth, one
-    line per depth (mean over the seeds that trained that epoch, band ± 1 sd), each seed a faint line. Runs
-    stopped early drop out, so late epochs average fewer seeds."""
+    line per depth (mean over all seeds, band ± 1 sd), each seed a faint line. A run stopped early keeps its last
+    value in the mean, so that runs stuck at chance, which early stopping ends first, do not drop out of it."""
     plt = pyplot()
     groups: dict[str, list[dict]] = {}
     for c in configs:
@@ -540,7 +540,8 @@ def plot_convergence(configs: list[dict], metric: str, tune=()):
             label = layers_text(c["layers"]) + (f", u={c['units']}" if c.get("param_budget") is not None else "") + \
                 (f", {chosen}" if chosen else "")
             epochs = range(1, max(map(len, curves)) + 1)
-            stats = [summarise([curve[e - 1] for curve in curves if len(curve) >= e]) for e in epochs]
+            held = [curve + curve[-1:] * (len(epochs) - len(curve)) for curve in curves]  # stopped: last value held
+            stats = [summarise([curve[e - 1] for curve in held]) for e in epochs]
             mean = [st["mean"] for st in stats]
             (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
             low = [st["mean"] - (st["sd"] or 0.0) for st in stats]
@@ -555,7 +556,8 @@ def plot_convergence(configs: list[dict], metric: str, tune=()):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
     axes[0][0].set_ylabel(f"validation {'accuracy' if metric == 'acc' else 'MSE'}")
-    fig.suptitle("Convergence: validation score per epoch (mean ± sd over the seeds still training; faint: each seed)",
+    fig.suptitle("Convergence: validation score per epoch (mean ± sd over seeds, a stopped run held at its last value; "
+                 "faint: each seed)",
                  fontsize="medium")
     fig.tight_layout()
     return fig

@@ -35,7 +35,8 @@ def test_csv_logger_writes_metrics_per_epoch_and_hparams_and_no_tensorboard(tiny
     assert val_acc == [h["val/acc"] for h in results["history"]]
     assert any(r["grad/weight_hh_l1"] for r in rows), "gradient flow logs its norms to every logger"
     hparams = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
-    assert hparams == {k: results["config"]["model"][k] for k in HPARAM_KEYS} | {"params": results["num_params"]}
+    assert hparams == {k: results["config"]["model"][k] for k in HPARAM_KEYS} | {
+        "params": results["num_params"], "stack_params": results["stack_params"]}
     final = [r for r in rows if r["hp/test_acc"]]
     assert len(final) == 1 and {k: float(final[0][k]) for k in final_metrics(results)} == final_metrics(results)
     assert not list(run_dir.rglob("events.out.tfevents.*")), "logger=csv writes no TensorBoard events (probe neither)"
@@ -106,7 +107,7 @@ def test_mlflow_sweep_runs_read_back_with_mlflows_client(tiny_archive, tmp_path)
         assert run.info.status == "FINISHED"
         assert run.data.tags["sweep_dir"] == str(sweep_dir.resolve())
         assert run.data.params == {k: str(results["config"]["model"][k]) for k in HPARAM_KEYS} | {
-            "params": str(results["num_params"])}
+            "params": str(results["num_params"]), "stack_params": str(results["stack_params"])}
         assert {k: run.data.metrics[k] for k in final_metrics(results)} == final_metrics(results)
         val_acc = client.get_metric_history(run.info.run_id, "val/acc")  # Lightning's per-epoch metric
         assert [round(m.value, 5) for m in val_acc] == [h["val/acc"] for h in results["history"]]

@@ -209,3 +209,17 @@ def test_sweep_summary_probes_missing_jobs_and_averages_over_seeds(tiny_run, tmp
                                                  for c, col in enumerate(other["columns"])}
     assert (sweep / "probe_scales_cell=gru.png").stat().st_size > 1000
     assert "cell=gru (n=2): best layer by mean difference" in capsys.readouterr().out
+
+
+def test_sweep_jobs_take_several_globs_joined_by_a_bar(tmp_path):
+    """E.g. each configuration at its own tuned learning rate: only the matching jobs enter the summary."""
+    result = {"layers": ["embeddings", "layer 1"], "columns": ["w=1", "doc"], "metric": ["r2", "accuracy"],
+              "trained": [[0.5, 0.6], [0.2, 0.9]], "control": [[0.4, 0.55], [0.1, 0.6]],
+              "difference": [[0.1, 0.05], [0.1, 0.3]]}
+    for job in ("cell=gru,lr=0.001,seed=0", "cell=gru,lr=0.001,seed=1", "cell=gru,lr=0.003,seed=0",
+                "cell=lstm,lr=0.003,seed=0", "cell=lstm,lr=0.001,seed=0"):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "results.json").write_text(json.dumps({"status": "ok"}))
+        (tmp_path / job / "probe_scales.json").write_text(json.dumps(result))
+    summary = probe.probe_sweep(str(tmp_path), jobs="cell=gru,lr=0.001,*|cell=lstm,lr=0.003,*")
+    assert [(c["config"], c["n"]) for c in summary["configs"]] == [("cell=gru,lr=0.001", 2), ("cell=lstm,lr=0.003", 1)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from stacked_rnn.imdb import tokenise
 from stacked_rnn.model import StackedRNNClassifier
 
@@ -42,7 +44,11 @@ def test_python_api_page_runs_as_written(tiny_archive, tmp_path, monkeypatch):
     assert page["data_state"] == page["dm"].state_dict()
     assert len(page["flow"].history) == tiny["EPOCHS"] and (tmp_path / "notebook" / "grad_flow.png").exists()
     assert tuple(page["grid"].shape) == (2, len(tokenise(page["text"])))
-    assert len(page["probe_accuracy"]) == 3 and all(0 <= a <= 1 for a in page["probe_accuracy"])
+    scales, final = page["scales"], page["final"]  # (layers 0-2) x (w=1, 4, 16, doc)
+    assert scales["layers"] == ["embeddings", "layer 1", "layer 2"]
+    assert scales["columns"] == ["w=1", "w=4", "w=16", "doc"]
+    assert np.asarray(scales["trained"]).shape == np.asarray(scales["control"]).shape == (3, 4)
+    assert all(0 <= a <= 1 for a in final["accuracy"] + final["control"])
     assert page["own_model"].embedding.num_embeddings == len(page["my_vocab"]) and page["own_model"].trainer.global_step
     assert page["cli_dm"].max_len == 512 and page["cli_model"].hparams.cell == "lstm"
     assert not (tmp_path / "outputs").exists(), "the page writes only into RUN_DIR"

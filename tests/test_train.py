@@ -77,7 +77,8 @@ def test_checkpoint_is_plain_and_loads_weights_only(tiny_archive, tmp_path):
     checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
     hparams = checkpoint["hyper_parameters"]
     assert type(hparams) is dict and hparams["cell"] == "lstm" and hparams["pool"] == "mean"
-    assert all(isinstance(v, (int, float, str, bool)) for v in hparams.values())
+    assert all(v is None or isinstance(v, (int, float, str, bool)) for v in hparams.values())
+    assert hparams["param_budget"] is None and hparams["units"] == 16
     state = checkpoint["IMDBDataModule"]
     assert state["vocab"][:2] == ["<pad>", "<unk>"] and state["max_len"] == 32
 
