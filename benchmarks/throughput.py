@@ -133,7 +133,7 @@ def bare_epoch(model, batches, device, cfg) -> float:
     start = time.perf_counter()
     for ids, lengths, labels in batches:
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed"):
             logits = model(ids, lengths)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)

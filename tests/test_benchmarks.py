@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -82,3 +84,22 @@ def test_keras_reference_exports_the_packages_tokens_pre_padded(tmp_path):
     missing = subprocess.run([sys.executable, str(BENCHMARKS / "keras_reference.py"), "train", str(tmp_path / "no.npz")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no.npz does not exist: write it first" in missing.stderr
+
+
+def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: every step of the one prepared GPU check, at tiny sizes on the CPU, so
+    that the device run (15 minutes for everything) does not find its mistakes."""
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "OUT": str(out), "BUDGET": "900", "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = dict(re.findall(r"^(\w+): rc=(\d+)", (out / "summary.txt").read_text(), re.M))
+    assert steps == {name: "0" for name in ("tests", "precision", "throughput", "time_to_accuracy", "sweep_n1",
+                                             "sweep_n2", "depth_study_partial")}, steps
+    precision = json.loads((out / "precision.json").read_text())
+    assert [r["precision"] for r in precision["runs"]] == ["bf16-mixed", "32-true"]
+    assert all(r["finite"] and r["steps"] == 12 and r["steps_per_s"] > 0 for r in precision["runs"])
+    assert precision["dtypes"][0]["rnn_output"] in ("torch.float32", "torch.bfloat16")
+    assert len(list((out / "logs" / "sweep_n2").glob("*/results.json"))) == 4  # 2 depths x 2 seeds
+    assert (out / "depth_report.md").is_file() and (out / "logs.tar.gz").stat().st_size > 0
+    assert "== summary" in result.stdout and "| bf16-mixed |" in result.stdout

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from stacked_rnn.model import CELLS, POOLS, StackedRNNClassifier, stack_params, units_for_budget
 
@@ -141,30 +144,51 @@ def test_packing_gives_the_same_features_whatever_the_batch_order(bidirectional)
     torch.testing.assert_close(model.encode(ids, lengths)[shuffled], model.encode(ids[shuffled], lengths[shuffled]))
 
 
+def count_syncs(step) -> int:
+    """How many synchronising CUDA calls `step()` makes (torch's sync debug mode, in warn mode)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_a_cuda_training_step_never_waits_for_the_gpu(bidirectional):
-    """Packed cuDNN forward, backward, clipping and the fused Adam step run with no host sync."""
+def test_a_cuda_training_step_waits_for_the_gpu_no_more_than_the_bare_rnn(bidirectional):
+    """A packed training step (forward, backward, clipping, fused Adam) makes no more host syncs than a bare packed
+    nn.GRU forward and backward on the same batch. On an H200 (torch 2.11, cuDNN 9.19) the packed cuDNN call
+    itself synchronises, so 'no sync at all' is not reachable; the package must add none."""
     from stacked_rnn.data import collate, to_device_keeping_lengths
 
     model = StackedRNNClassifier(50, layers=2, units=16, embed_dim=8, bidirectional=bidirectional).cuda()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     reviews = [(torch.randint(2, 50, (n,)).numpy(), n % 2) for n in (5, 9, 3, 7)]
     ids, lengths, labels = collate(reviews, longest_first=True)
-    batch_on_gpu = to_device_keeping_lengths((ids.pin_memory(), lengths.pin_memory(), labels.pin_memory()),
-                                             torch.device("cuda"))
-    for _ in range(2):  # the first step allocates optimizer state
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            ids_d, lengths_d, labels_d = batch_on_gpu
-            loss = model.loss(model(ids_d, lengths_d), labels_d)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(loss).item()
+    ids_d, lengths_d, labels_d = to_device_keeping_lengths((ids.pin_memory(), lengths.pin_memory(),
+                                                            labels.pin_memory()), torch.device("cuda"))
+    bare = torch.nn.GRU(8, 16, num_layers=2, batch_first=True, bidirectional=bidirectional).cuda()
+    x = torch.randn(4, int(lengths.max()), 8, device="cuda")
+
+    def bare_step():
+        packed = pack_padded_sequence(x, lengths_d, batch_first=True)
+        bare(packed)[0].data.sum().backward()
+
+    def package_step():
+        loss = model.loss(model(ids_d, lengths_d), labels_d)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    package_step()  # the first step allocates optimizer state
+    bare_step()
+    assert lengths_d.device.type == "cpu"  # lengths never make a round trip to the GPU
+    assert count_syncs(package_step) <= count_syncs(bare_step)
 
 
 @pytest.mark.parametrize("cell, frozen", [("rnn", True), ("lstm", True), ("gru", False)])
