@@ -102,4 +102,4 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert precision["dtypes"][0]["rnn_output"] in ("torch.float32", "torch.bfloat16")
     assert len(list((out / "logs" / "sweep_n2").glob("*/results.json"))) == 4  # 2 depths x 2 seeds
     assert (out / "depth_report.md").is_file() and (out / "logs.tar.gz").stat().st_size > 0
-    assert "== summary" in result.stdout and "| bf16-mixed |" in result.stdout
+    assert "== summary" in result.stdout and "| bf16-mixed |" in result.stdout and "| cell=gru,layers=4" in result.stdout
