@@ -211,9 +211,9 @@ def test_gpu_trainer_is_32_true_and_auto_resolves_to_32_true(tmp_path):
 
 
 def test_mixed_precision_with_clipping_trains_with_an_unfused_adam(tiny_archive, tmp_path):
-    """trainer=gpu is bf16-mixed with gradient clipping; Lightning's AMP plugin refuses to clip for a fused Adam
-    (RuntimeError at the first step), so the model must pick foreach there. bf16-mixed runs on the CPU too, so the
-    GPU's path is checked here; 32-true keeps the fused step."""
+    """Mixed precision with gradient clipping (trainer.precision=bf16-mixed, as trainer=gpu was before the H200
+    check): Lightning's AMP plugin refuses to clip for a fused Adam (RuntimeError at the first step), so the model
+    must pick foreach there. bf16-mixed runs on the CPU too, so that path is checked here; 32-true keeps fused."""
     results, _ = run_tiny(tiny_archive, tmp_path / "amp", "trainer.max_epochs=1", "trainer.precision=bf16-mixed")
     assert results["status"] == "ok" and 0 <= results["test_acc"] <= 1
     model = StackedRNNClassifier(50, layers=2, units=8, lr_schedule="constant")
