@@ -94,7 +94,7 @@ step depth_study_partial 600 "$PY" -m stacked_rnn.train -m experiment=depth_stud
     model.cell=gru model.lr=1e-3 seed=$DEPTH_SEEDS hydra.launcher.n_jobs=8 hydra.sweep.dir=$OUT/logs/depth_study $DEPTH_EXTRA
 [ -f "$OUT/logs/depth_study/report.md" ] || [ ! -d "$OUT/logs/depth_study" ] ||  # stopped at its cap: report what finished
     timeout 60 "$PY" -m stacked_rnn.report "$OUT/logs/depth_study" > "$OUT/logs/depth_report.log" 2>&1
-for f in report.md report_tuned.csv accuracy_vs_depth.png convergence.png; do
+for f in report.md accuracy_vs_depth.png convergence.png; do  # one lr: no report_tuned.csv
     [ -f "$OUT/logs/depth_study/$f" ] && cp "$OUT/logs/depth_study/$f" "$OUT/depth_$f"
 done
 pack

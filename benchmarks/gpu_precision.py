@@ -37,8 +37,7 @@ def rnn_dtypes(model, batch, device: torch.device, dtype: torch.dtype) -> dict:
     seen = {}
 
     def hook(module, inputs, output):
-        out = output[0]
-        seen["rnn_output"] = str((out.data if hasattr(out, "data") and not torch.is_tensor(out) else out).dtype)
+        seen["rnn_output"] = str(output[0].data.dtype)  # a PackedSequence's .data, or the tensor's own
 
     handle = model.rnn.register_forward_hook(hook)
     model.zero_grad(set_to_none=True)

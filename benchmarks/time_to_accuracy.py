@@ -30,14 +30,14 @@ QUICK = ["data.val_size=100", "data.vocab_size=100", "data.max_len=32", "model.u
 
 
 @torch.no_grad()
-def test_accuracy(model, loader, bf16: bool) -> float:
-    """Accuracy on every batch of loader, under the same autocast as training (bf16: trainer precision bf16-mixed)."""
+def test_accuracy(model, loader, precision_plugin) -> float:
+    """Accuracy on every batch of loader, under the trainer's own precision context (autocast when mixed)."""
     was_training = model.training
     model.eval()
     hits = count = 0
     for batch in loader:
         ids, lengths, labels = to_device_keeping_lengths(batch, model.device)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision_plugin.forward_context():
             logits = model(ids, lengths)
         hits += int(((logits > 0) == labels.bool()).sum())
         count += len(labels)
@@ -57,7 +57,7 @@ class StopAtTestAccuracy(L.Callback):
             return
         elapsed = time.perf_counter() - self.start - self.paused
         pause = time.perf_counter()
-        acc = test_accuracy(pl_module, self.datamodule.test_dataloader(), str(trainer.precision) == "bf16-mixed")
+        acc = test_accuracy(pl_module, self.datamodule.test_dataloader(), trainer.precision_plugin)
         self.paused += time.perf_counter() - pause
         val = float(trainer.callback_metrics.get("val/acc", float("nan")))
         self.epochs.append(dict(epoch=trainer.current_epoch + 1, seconds=elapsed, val=val, test=acc))
