@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stacked_rnn.data import IMDBDataModule
+from stacked_rnn.tasks.imdb import IMDBDataModule
 
 
 def prepare(archive: Path, cache: Path, val_size: int) -> tuple[float, IMDBDataModule]:

@@ -26,7 +26,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from stacked_rnn.data import to_device_keeping_lengths
+from stacked_rnn.tasks.batches import to_device_keeping_lengths
 
 QUICK = ["data.val_size=20", "data.vocab_size=100", "data.max_len=32", "model.units=16", "model.embed_dim=16",
          "data.batch_size=8"]

@@ -46,8 +46,8 @@ VOCAB_SIZE, MAX_LEN = 10_000, 100
 def export(out: Path, archive: Path) -> None:
     """Token ids of all 25,000 training and 25,000 test reviews, the vocabulary counted on the training reviews,
     each cut to its last MAX_LEN tokens and pre-padded with 0 (Keras's pad_sequences defaults)."""
-    from stacked_rnn.data import truncate_ids
-    from stacked_rnn.imdb import encode_all, from_flat, list_reviews, read_archive
+    from stacked_rnn.tasks.batches import truncate_ids
+    from stacked_rnn.tasks.imdb_corpus import encode_all, from_flat, list_reviews, read_archive
 
     raw = read_archive(archive)
     reviews = list_reviews(raw)

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.data import DataLoader
 
-from stacked_rnn.data import to_device_keeping_lengths
+from stacked_rnn.tasks.batches import to_device_keeping_lengths
 from stacked_rnn.train import build_trainer
 
 MODELS = {  # name: (overrides, batches per pass: a few seconds each on CPU)

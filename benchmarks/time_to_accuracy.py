@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from stacked_rnn.data import to_device_keeping_lengths
+from stacked_rnn.tasks.batches import to_device_keeping_lengths
 from stacked_rnn.train import build_trainer
 
 QUICK = ["data.val_size=100", "data.vocab_size=100", "data.max_len=32", "model.units=16", "model.embed_dim=16",

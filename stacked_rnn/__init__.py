@@ -1,4 +1,5 @@
-"""stacked_rnn: what depth does to a recurrent network, measured on IMDB with Lightning, Hydra and TensorBoard."""
+"""stacked_rnn: what depth does to a recurrent network, measured on IMDB and on generated tasks whose structure
+is known, with Lightning, Hydra and TensorBoard."""
 
 import os
 
@@ -29,5 +30,7 @@ def short_job_name(override_dirname: str, sweeper_params=None) -> str:
     return ",".join(f"{key.rsplit('.', 1)[-1]}{sep}{value}" for key, sep, value in items) or "default"
 
 
-# Registered on import so that every process that runs a job (joblib workers too) can name its folder.
+# Registered on import so that every process that runs a job (joblib workers too) can name its folder, and data groups
+# can state derived values (data=selective_copy: chance: ${div:1,${.data_tokens}}).
 OmegaConf.register_new_resolver("short_job_name", short_job_name, replace=True)
+OmegaConf.register_new_resolver("div", lambda a, b: a / b, replace=True)

@@ -31,8 +31,8 @@ class History(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics
-            self.epochs.append({"epoch": trainer.current_epoch,
-                                **{k: round(float(metrics[k]), 5) for k in ("val/acc", "val/loss", "val/mse") if k in metrics}})
+            self.epochs.append({"epoch": trainer.current_epoch,  # every val/* the task logs: acc, loss, token_acc, ...
+                                **{k: round(float(v), 5) for k, v in sorted(metrics.items()) if k.startswith("val/")}})
 
     def state_dict(self) -> dict:  # saved in checkpoints (plain types), so a resumed run keeps earlier epochs
         return {"epochs": list(self.epochs)}

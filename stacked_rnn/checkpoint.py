@@ -16,7 +16,14 @@ import torch
 
 from stacked_rnn.model import StackedRNNClassifier
 
-DATA_STATE_KEY = "IMDBDataModule"  # Lightning stores LightningDataModule.state_dict() under the class name
+
+
+def data_state_of(checkpoint: dict) -> dict:
+    """What the task stored to turn text into ids (vocab, max_len, truncate, tokenizer; classes for task=tag): Lightning
+    keeps LightningDataModule.state_dict() under the data module's class name. {} for a task without a vocabulary
+    (data=adding reads real-valued features)."""
+    return next((value for key, value in checkpoint.items() if key.endswith("DataModule") and isinstance(value, dict)
+                 and "vocab" in value), {})
 
 
 class CheckpointError(ValueError):
@@ -42,20 +49,19 @@ def run_folder(checkpoint: Path) -> Path:
 
 
 def load(path: Path) -> tuple[StackedRNNClassifier, dict]:
-    """The model in eval mode and its data state (vocab, max_len, truncate), from a weights-only load."""
+    """The model in eval mode and its data state (data_state_of), from a weights-only load."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean: not a usable checkpoint
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters", DATA_STATE_KEY} <= checkpoint.keys():
-        raise CheckpointError(f"{path} is not a stacked_rnn checkpoint (needs state_dict, hyper_parameters and the "
-                              f"{DATA_STATE_KEY} vocabulary)")
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise CheckpointError(f"{path} is not a stacked_rnn checkpoint (needs state_dict and hyper_parameters)")
     try:
         model = StackedRNNClassifier(**checkpoint["hyper_parameters"])
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path} does not fit this version of StackedRNNClassifier: {err}") from err
-    return model.eval(), checkpoint[DATA_STATE_KEY]
+    return model.eval(), data_state_of(checkpoint)
 
 
 def read_results(run_dir: Path) -> dict:

@@ -195,7 +195,10 @@ def depth_time_grid(model, ids: torch.Tensor, value: str = "norm") -> torch.Tens
     if value == "norm":
         return stacked.norm(dim=-1)
     with torch.no_grad():
-        return torch.sigmoid(model.classifier(stacked).squeeze(-1))  # (layers, T)
+        logits = model.classifier(model.head_norm(stacked))  # (layers, T, outputs)
+        if model.hparams.task == "tag":  # the head's confidence in the class it would name at each step
+            return logits.softmax(-1).amax(-1)  # (layers, T)
+        return torch.sigmoid(logits.squeeze(-1))  # (layers, T)
 
 
 def plot_grid(grid: torch.Tensor, tokens: list[str], value: str, title: str):
@@ -225,7 +228,7 @@ GRID_EXAMPLES = """\
 
 def grid_parser() -> RunParser:
     parser = RunParser("python -m stacked_rnn.diagnostics", GRID_USAGE, "Depth x time grid of one review: one row per "
-                       "layer, one column per token (? marks an unknown word).\nSaves a PNG (default: "
+                       "layer, one column per token ((?) marks an unknown word).\nSaves a PNG (default: "
                        "depth_time_{value}.png in the run folder) and logs it to the run's TensorBoard, if it has "
                        "one.", GRID_EXAMPLES)
     parser.add_key("text", "the review", required=True, metavar='"..."')
@@ -239,8 +242,8 @@ def grid_parser() -> RunParser:
 
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard, if it has one."""
-    from stacked_rnn.data import truncate_ids
-    from stacked_rnn.imdb import UNK_ID, encode, tokenise
+    from stacked_rnn.predict import encode_text, text_tokens
+    from stacked_rnn.tasks.batches import truncate_ids
 
     parser = grid_parser()
     try:
@@ -249,12 +252,14 @@ def grid_main(argv: list[str] | None = None) -> int:
         model, data_state = load(path)
     except (UsageError, CheckpointError) as err:
         return parser.fail(err)
-    stoi = {word: i for i, word in enumerate(data_state["vocab"])}
+    if not data_state.get("vocab"):
+        return parser.fail(CheckpointError(f"{path} reads real-valued features, not text (e.g. data=adding): the grid "
+                                           "takes a text"))
     max_tokens = min(args.max_tokens, data_state["max_len"])
-    ids = torch.from_numpy(truncate_ids(encode(args.text, stoi), max_tokens, data_state["truncate"]).astype("int64"))
-    words = tokenise(args.text) or ["<unk>"]
-    words = truncate_ids(words, max_tokens, data_state["truncate"])
-    tokens = [w if i != UNK_ID else f"{w}?" for w, i in zip(words, ids.tolist())]  # ? marks out-of-vocabulary
+    ids = torch.from_numpy(truncate_ids(encode_text(args.text, data_state), max_tokens, data_state["truncate"]))
+    words = truncate_ids(text_tokens(args.text, data_state) or ["<unk>"], max_tokens, data_state["truncate"])
+    known = set(data_state["vocab"])
+    tokens = [w if w in known else f"{w}(?)" for w in words]  # (?) marks out-of-vocabulary
     value = args.value
     grid = depth_time_grid(model, ids, value)
     hp = model.hparams

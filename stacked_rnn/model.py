@@ -1,8 +1,12 @@
-"""StackedRNNClassifier: embedding -> ONE fused nn.RNN/LSTM/GRU(num_layers=k) -> pooling -> dropout -> linear.
+"""StackedRNNClassifier: embedding -> ONE fused nn.RNN/LSTM/GRU/MinGRU/MinLSTM(num_layers=k) -> pooling -> dropout ->
+linear.
 
-With residual=true the stack is k single-layer modules run one at a time, each layer from the second on
-adding its input to its output (GNMT's skip connections). With input_dim > 0 the RNN reads real-valued
-features (B, T, input_dim) instead of embedded token ids, and task=regress trains a scalar with MSE.
+With residual=true (or norm=layer) the stack is k single-layer modules run one at a time, each layer from the second
+on adding its input to its output (GNMT's skip connections); norm=layer puts a LayerNorm in front of every layer and
+of the head (with residual=true: the pre-norm block of Feng et al. 2024). With input_dim > 0 the RNN reads
+real-valued features (B, T, input_dim) instead of embedded token ids. The task, as the data group describes it,
+chooses the head: classify (one logit per sequence, BCE), regress (one value, MSE) or tag (num_classes logits at
+every step, cross-entropy on the steps whose target is not IGNORE).
 
 Layer L at step t reads layer L-1 at step t and itself at step t-1: the depth x time grid lives
 inside the fused cuDNN/ATen kernel. Pooling reads only each review's real steps, so the "last"
@@ -17,33 +21,46 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torchmetrics.classification import BinaryAccuracy
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MulticlassExactMatch
 
-CELLS = ("rnn", "lstm", "gru")
+from stacked_rnn.cells import MinGRU, MinLSTM
+from stacked_rnn.tasks.batches import IGNORE
+
+CELL_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU, "mingru": MinGRU, "minlstm": MinLSTM}
+CELLS = tuple(CELL_MODULES)
 POOLS = ("last", "mean", "max")
 INITS = ("torch", "keras", "identity")
 LR_SCHEDULES = ("constant", "cosine")
 PACKING = ("auto", "always", "never")
-TASKS = ("classify", "regress")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer: tanh | i, f, g, o | r, z, n
+NORMS = ("none", "layer")
+TASKS = ("classify", "regress", "tag")
+TASK_METRICS = {"classify": ("acc",), "regress": ("mse",), "tag": ("token_acc", "exact_match")}  # logged per stage
+# per layer and direction: weight blocks, whether they also read h_{t-1} (H x H each), bias vectors per block
+GATES = {"rnn": (1, True, 2), "lstm": (4, True, 2), "gru": (3, True, 2),  # tanh | i, f, g, o | r, z, n
+         "mingru": (2, False, 1), "minlstm": (3, False, 1)}  # z, h~ | f, i, h~: the gates read x_t only
 
 
-def stack_params(cell: str, layers: int, units: int, input_size: int, bidirectional: bool = False) -> int:
-    """Parameters above the embedding: the recurrent stack (each direction of layer l holds gates x (H x in_l +
-    H x H + 2H), in_0 = input_size, in_l = D*H) plus the linear head (D*H + 1). This is what depth and width
-    change; the embedding table is the same for every depth and its size depends on the data's vocabulary."""
+def stack_params(cell: str, layers: int, units: int, input_size: int, bidirectional: bool = False, outputs: int = 1,
+                 norm: str = "none") -> int:
+    """Parameters above the embedding: the recurrent stack (each direction of layer l holds blocks x (H x in_l +
+    [H x H] + biases x H), in_0 = input_size, in_l = D*H), the LayerNorms of norm=layer (2 x in_l per layer, 2 x D*H
+    before the head) and the linear head (D*H x outputs + outputs). This is what depth and width change; the
+    embedding table is the same for every depth and its size depends on the data's vocabulary."""
     directions = 2 if bidirectional else 1
     width = directions * units
-    recurrent = sum(directions * GATES[cell] * (units * (input_size if layer == 0 else width) + units * units + 2 * units)
-                    for layer in range(layers))
-    return recurrent + width + 1
+    blocks, reads_h, biases = GATES[cell]
+    inputs = [input_size if layer == 0 else width for layer in range(layers)]
+    recurrent = sum(directions * blocks * (units * n_in + reads_h * units * units + biases * units) for n_in in inputs)
+    norms = 2 * (sum(inputs) + width) if norm == "layer" else 0
+    return recurrent + norms + width * outputs + outputs
 
 
-def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidirectional: bool = False) -> int:
+def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidirectional: bool = False,
+                     outputs: int = 1, norm: str = "none") -> int:
     """The width whose stack_params is closest to `budget` (ties go to the narrower), so that depths can be
     compared at equal parameters (Melis et al. 2017) instead of deeper also meaning bigger."""
     def count(units: int) -> int:
-        return stack_params(cell, layers, units, input_size, bidirectional)
+        return stack_params(cell, layers, units, input_size, bidirectional, outputs, norm)
 
     if count(1) > budget:
         raise ValueError(f"param_budget={budget} is too small: {cell} x {layers} layers with {input_size}-d inputs "
@@ -58,8 +75,9 @@ def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidir
 
 
 class StackedRNNClassifier(L.LightningModule):
-    """Binary sentiment classifier over a stack of `layers` recurrent layers of `units` each. With `param_budget`
-    the width is chosen instead (units_for_budget) and `units` is ignored; hparams.units holds the width used."""
+    """A classifier (or regressor, or tagger: the data's task) over a stack of `layers` recurrent layers of `units`
+    each. With `param_budget` the width is chosen instead (units_for_budget) and `units` is ignored; hparams.units
+    holds the width used."""
 
     def __init__(
         self,
@@ -83,19 +101,26 @@ class StackedRNNClassifier(L.LightningModule):
         input_dim: int = 0,
         task: str = "classify",
         param_budget: int | None = None,
+        num_classes: int = 0,
+        norm: str = "none",
     ):
         super().__init__()
+        if bidirectional and pack == "never":
+            raise ValueError("pack='never' with bidirectional=True: the backward direction would start on each "
+                             "review's padding instead of its last real token. Use pack='auto' or 'always' "
+                             "(a bidirectional stack always packs)")
+        outputs = num_classes if task == "tag" else 1
         if param_budget is not None:  # equal-parameter comparisons: the width follows from the budget
-            units = units_for_budget(param_budget, cell, layers, input_dim or embed_dim, bidirectional)
+            units = units_for_budget(param_budget, cell, layers, input_dim or embed_dim, bidirectional, outputs, norm)
         self.save_hyperparameters(logger=False)  # plain ints/floats/strs: checkpoints load with weights_only=True
         self.hparams.units = units  # the width in use, also when it came from param_budget
         # token ids -> (B, T, E) embeddings; real-valued inputs (B, T, input_dim) go to the RNN as they are
         self.embedding = nn.Embedding(num_tokens, embed_dim, padding_idx=0) if not input_dim else nn.Identity()
         rnn_in = input_dim or embed_dim
         self.embed_dropout = nn.Dropout(embed_dropout)
-        Cell = getattr(nn, cell.upper())  # nn.RNN | nn.LSTM | nn.GRU
-        if residual:  # one module per layer, so that layers can be added to each other
-            width = units * (2 if bidirectional else 1)
+        Cell = CELL_MODULES[cell]  # nn.RNN | nn.LSTM | nn.GRU | MinGRU | MinLSTM: one interface
+        width = units * (2 if bidirectional else 1)
+        if residual or norm == "layer":  # one module per layer, so that layers can be added to (or normed) apart
             self.rnn = None
             self.stack = nn.ModuleList(Cell(rnn_in if k == 0 else width, units, bidirectional=bidirectional,
                                             batch_first=True) for k in range(layers))
@@ -103,18 +128,30 @@ class StackedRNNClassifier(L.LightningModule):
             self.stack = None
             self.rnn = Cell(rnn_in, units, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
                             bidirectional=bidirectional, batch_first=True)
+        self.norms = nn.ModuleList(nn.LayerNorm(rnn_in if k == 0 else width) for k in range(layers)) \
+            if norm == "layer" else None  # in front of each layer
+        self.head_norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
         self.layer_dropout = nn.Dropout(dropout)  # between layers, when they run one at a time
-        # classification only: in front of a regression head, dropped features are noise on the predicted value itself
+        # not for regression: in front of a regression head, dropped features are noise on the predicted value itself
         # (data=adding with head dropout 0.2: an LSTM at T=100 stays at the baseline MSE 0.16 for 3,000 steps; 0.02 without)
-        self.head_dropout = nn.Dropout(head_dropout if task == "classify" else 0.0)
-        self.classifier = nn.Linear(units * (2 if bidirectional else 1), 1)
+        self.head_dropout = nn.Dropout(head_dropout if task != "regress" else 0.0)
+        self.classifier = nn.Linear(width, outputs)
         if init in ("keras", "identity"):
             self.keras_init(recurrent_init=nn.init.eye_ if init == "identity" else nn.init.orthogonal_)
 
         # validate_args=False: the checks read values on the host, a GPU sync at every step
-        self.val_acc, self.test_acc = BinaryAccuracy(validate_args=False), BinaryAccuracy(validate_args=False)
-        self.train_sums: torch.Tensor | None = None  # (2,) on the device: this epoch's sum of loss*B and of hits
-        self.train_count = 0  # reviews seen this epoch
+        if task == "tag":  # token accuracy and exact match over the scored steps, IGNORE left out
+            def scores():
+                return nn.ModuleDict({
+                    "token_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE,
+                                                    validate_args=False),
+                    "exact_match": MulticlassExactMatch(num_classes, ignore_index=IGNORE, validate_args=False)})
+        else:
+            def scores():
+                return nn.ModuleDict({"acc": BinaryAccuracy(validate_args=False)} if task == "classify" else {})
+        self.val_scores, self.test_scores = scores(), scores()
+        self.train_sums: torch.Tensor | None = None  # (3,) on the device: this epoch's sum of loss*B, hits, scored
+        self.train_count = 0  # sequences seen this epoch
 
     @torch.no_grad()
     def keras_init(self, recurrent_init=nn.init.orthogonal_) -> None:
@@ -132,7 +169,7 @@ class StackedRNNClassifier(L.LightningModule):
         if isinstance(self.embedding, nn.Embedding):
             nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
             self.embedding.weight[0].zero_()
-        gates = GATES[self.hparams.cell]
+        gates = GATES[self.hparams.cell][0]
         recurrent = self.rnn if self.stack is None else self.stack
         for name, param in recurrent.named_parameters():
             name = name.rsplit(".", 1)[-1]  # stack.<k>.weight_ih_l0 -> weight_ih_l0
@@ -151,13 +188,16 @@ class StackedRNNClassifier(L.LightningModule):
         nn.init.zeros_(self.classifier.bias)
 
     def use_packing(self, ids: torch.Tensor) -> bool:
-        """Pack when it is needed or cheap. A backward direction must start at each review's real end,
-        so bidirectional always packs; cuDNN packs for free. A unidirectional stack on CPU runs padded
-        (about 3x faster than ATen's packed CPU loop): step t never sees the padding after it, and
-        pooling below reads only real steps, so the result is the same."""
-        return self.hparams.pack == "always" or (
-            self.hparams.pack == "auto" and (self.hparams.bidirectional or ids.is_cuda)
-        )
+        """Pack when it is needed or chosen. A backward direction must start at each review's real end, so a
+        bidirectional stack always packs (pack='never' is refused for it). A unidirectional stack can run padded on
+        any device: step t never sees the padding after it, and pooling reads only real steps (the last state is
+        gathered at each review's real last token on the device), so the result is the same
+        (tests/test_gpu_path.py). pack='auto' runs it padded on CPU (about 3x faster than ATen's packed CPU loop)
+        and packed on CUDA; pack='never' runs it padded there too, which lets cuDNN choose its persistent kernel
+        for small hidden sizes (unpacked input only) and needs no lengths on the host."""
+        if self.hparams.bidirectional or self.hparams.pack == "always":
+            return True
+        return self.hparams.pack == "auto" and ids.is_cuda
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """What the first recurrent layer reads: embedded ids (B, T) -> (B, T, E) with embed_dropout, or real-valued
@@ -179,27 +219,32 @@ class StackedRNNClassifier(L.LightningModule):
 
     def run_layers(self, x: torch.Tensor, lengths: torch.Tensor, layers) -> list[torch.Tensor]:
         """Each layer's output sequence (B, T, D*H), running single-layer modules one at a time: dropout
-        between layers as the fused module applies it, and with residual=true x_{l+1} = x_l + layer_l(x_l)
-        from the second layer on (the first changes width from the input's to D*H)."""
+        between layers as the fused module applies it, with norm=layer a LayerNorm on what each layer reads, and
+        with residual=true x_{l+1} = x_l + layer_l(x_l) from the second layer on (the first changes width from the
+        input's to D*H)."""
         outputs = []
         for k, layer in enumerate(layers):
             inp = x if k == 0 else self.layer_dropout(outputs[-1])
-            out = self.run_module(layer, inp, lengths)  # (B, T, D*H)
+            read = self.norms[k](inp) if self.norms is not None else inp
+            out = self.run_module(layer, read, lengths)  # (B, T, D*H)
             outputs.append(out + inp if self.hparams.residual and k > 0 else out)
         return outputs
 
     def run_rnn(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Top-layer outputs (B, T, D*H) of right-padded ids (B, T); only steps t < length are meaningful."""
+        """Top-layer outputs (B, T, D*H) of right-padded ids (B, T), as the head reads them (after the head's
+        LayerNorm with norm=layer); only steps t < length are meaningful."""
         x = self.inputs(ids)  # (B, T, E)
         if self.stack is not None:
-            return self.run_layers(x, lengths, self.stack)[-1]
+            return self.head_norm(self.run_layers(x, lengths, self.stack)[-1])
         return self.run_module(self.rnn, x, lengths)  # (B, T, D*H)
 
     def last_state(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A layer's final hidden state (B, D*H) from its outputs (B, T, D*H), as the fused module's h_n holds
-        it: the forward direction at the real last token, the backward direction at step 0."""
+        it: the forward direction at the real last token, the backward direction at step 0. Gathered on the device:
+        lengths on the CPU (pinned, as the DataModules give them) are copied without waiting, and nothing is read
+        back to the host."""
         lengths = lengths.to(out.device, non_blocking=True)  # pinned CPU lengths: an async copy
-        last = out[torch.arange(len(out), device=out.device), lengths - 1]  # (B, D*H)
+        last = out.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)  # (B, D*H)
         units = self.hparams.units
         return torch.cat([last[:, :units], out[:, 0, units:]], dim=-1) if self.hparams.bidirectional else last
 
@@ -216,27 +261,42 @@ class StackedRNNClassifier(L.LightningModule):
         return out.masked_fill(~real, float("-inf")).amax(1)  # (B, D*H)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) of the positive class."""
-        return self.classifier(self.head_dropout(self.encode(ids, lengths))).squeeze(-1)
+        """Logits (B,) of the positive class (the value itself for task=regress); for task=tag, logits (B, T, C)
+        at every step."""
+        if self.hparams.task == "tag":
+            return self.classifier(self.head_dropout(self.run_rnn(ids, lengths)))  # (B, T, C)
+        return self.classifier(self.head_dropout(self.encode(ids, lengths))).squeeze(-1)  # (B,)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """BCE on the logits (B,), or MSE on the prediction itself when task=regress; in float32 under bf16."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """BCE on the logits (B,), MSE on the prediction itself (task=regress), or cross-entropy over the scored steps
+        of (B, T, C) against class ids (B, T) (task=tag, IGNORE left out); in float32 under bf16."""
+        if self.hparams.task == "tag":
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         fn = F.mse_loss if self.hparams.task == "regress" else F.binary_cross_entropy_with_logits
-        return fn(logits.float(), labels)
+        return fn(logits.float(), targets)
+
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(right answers, answers scored) in this batch, on the device: sequences (classify), scored steps (tag)."""
+        if self.hparams.task == "tag":
+            scored = targets != IGNORE  # (B, T)
+            return (logits.argmax(-1).eq(targets) & scored).sum(), scored.sum()
+        if self.hparams.task == "classify":
+            return (logits > 0).eq(targets.bool()).sum(), targets.new_tensor(len(targets))
+        return logits.new_zeros(()), logits.new_ones(())
 
     def training_step(self, batch, batch_idx):
         """Loss and accuracy are summed on the device and handed to self.log only every log_every_n_steps steps
         (Lightning writes step values no more often) and at the epoch end: the per-step self.log and metric
         bookkeeping cost the tiny seed model 17% of its speed on CPU."""
-        ids, lengths, labels = batch
+        ids, lengths, targets = batch
         logits = self(ids, lengths)
-        loss = self.loss(logits, labels)
-        hits = (logits.detach() > 0).eq(labels.bool()).sum() if self.hparams.task == "classify" else loss.new_zeros(())
-        step = torch.stack([loss.detach() * len(labels), hits.float()])  # (2,): stays on the device
+        loss = self.loss(logits, targets)
+        hits, scored = self.hits(logits.detach(), targets)
+        step = torch.stack([loss.detach() * len(targets), hits.float(), scored.float()])  # (3,): stays on the device
         self.train_sums = step if self.train_sums is None else self.train_sums + step
-        self.train_count += len(labels)
+        self.train_count += len(targets)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log(f"train/{self.metric_name('loss')}", loss, prog_bar=True, batch_size=len(labels))
+            self.log(f"train/{self.loss_name}", loss, prog_bar=True, batch_size=len(targets))
         return loss
 
     def on_train_epoch_start(self):
@@ -245,35 +305,41 @@ class StackedRNNClassifier(L.LightningModule):
     def on_train_epoch_end(self):
         if self.train_sums is None:
             return
-        loss_sum, hits = self.train_sums / self.train_count
-        self.log(f"train/{self.metric_name('loss')}_epoch", loss_sum, sync_dist=True)
-        if self.hparams.task == "classify":
-            self.log("train/acc", hits, sync_dist=True)
+        loss_sum, hits, scored = self.train_sums
+        self.log(f"train/{self.loss_name}_epoch", loss_sum / self.train_count, sync_dist=True)
+        if self.hparams.task != "regress":
+            self.log(f"train/{TASK_METRICS[self.hparams.task][0]}", hits / scored, sync_dist=True)
 
-    def metric_name(self, name: str) -> str:
-        return "mse" if self.hparams.task == "regress" else name
+    @property
+    def loss_name(self) -> str:
+        return "mse" if self.hparams.task == "regress" else "loss"
 
-    def _eval_step(self, batch, stage: str, accuracy: BinaryAccuracy) -> None:
-        ids, lengths, labels = batch
+    def _eval_step(self, batch, stage: str, scores: nn.ModuleDict) -> None:
+        ids, lengths, targets = batch
         logits = self(ids, lengths)
-        loss = self.loss(logits, labels)
+        loss = self.loss(logits, targets)
         # sync_dist: under DDP the epoch value is the mean over all ranks, so every rank picks the same best checkpoint
-        if self.hparams.task == "regress":
-            self.log(f"{stage}/mse", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
-            return
-        accuracy(logits.detach(), labels.long())
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/{self.loss_name}", loss, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=True)
+        for name, score in scores.items():  # torchmetrics: summed over the epoch, synced across ranks
+            if self.hparams.task == "tag":
+                score(logits.detach().transpose(1, 2), targets)  # (B, C, T) against (B, T)
+            else:
+                score(logits.detach(), targets.long())
+            self.log(f"{stage}/{name}", score, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_acc)
+        self._eval_step(batch, "val", self.val_scores)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_acc)
+        self._eval_step(batch, "test", self.test_scores)
 
     def predict_step(self, batch, batch_idx):
+        """Positive-class probabilities (B,), predicted values (regress), or class ids (B, T) at every step (tag)."""
         ids, lengths, _ = batch
         out = self(ids, lengths).float()
+        if self.hparams.task == "tag":
+            return out.argmax(-1)
         return out if self.hparams.task == "regress" else torch.sigmoid(out)
 
     def configure_optimizers(self):

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+
 from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load
-from stacked_rnn.data import collate, truncate_ids
-from stacked_rnn.imdb import decode_review, encode
 from stacked_rnn.model import StackedRNNClassifier
+from stacked_rnn.tasks.batches import collate, truncate_ids
+from stacked_rnn.tasks.imdb_corpus import UNK_ID, decode_review, tokenise
 
 USAGE = '%(prog)s ckpt=PATH [text="..." | file=PATH | (lines on stdin)] [batch_size=256]'
 EXAMPLES = """\
@@ -34,22 +36,46 @@ def build_parser() -> RunParser:
     return parser
 
 
-@torch.no_grad()
-def predict(model: StackedRNNClassifier, data_state: dict, texts: list[str], batch_size: int = 256) -> list[float]:
-    """Positive-class probability of each text (empty texts score as a single unknown word). data_state is what
-    turns text into the training ids: a checkpoint's "IMDBDataModule" entry, or IMDBDataModule.state_dict().
-    Runs in eval mode (no dropout) on the model's device, whatever mode the model was in (and leaves it so)."""
+def text_tokens(text: str, data_state: dict) -> list[str]:
+    """The tokens of a text as the model's task tokenised its data: IMDB's words (lowercase, ! and ?), or, for the
+    generated tasks (data_state tokenizer=whitespace), every whitespace-separated token, punctuation and markers
+    included."""
+    if data_state.get("tokenizer", "words") == "whitespace":
+        return text.lower().split()
+    return tokenise(text)
+
+
+def encode_text(text: str, data_state: dict) -> np.ndarray:
+    """Token ids (T,) of one text, cut as in training; unknown tokens map to id 1 (<unk>), an empty text to one."""
     stoi = {word: i for i, word in enumerate(data_state["vocab"])}
-    encoded = [truncate_ids(encode(t, stoi), data_state["max_len"], data_state["truncate"]) for t in texts]
-    was_training, probs = model.training, []
+    ids = np.asarray([stoi.get(token, UNK_ID) for token in text_tokens(text, data_state)] or [UNK_ID], dtype=np.int64)
+    return truncate_ids(ids, data_state["max_len"], data_state["truncate"])
+
+
+@torch.no_grad()
+def predict(model: StackedRNNClassifier, data_state: dict, texts: list[str], batch_size: int = 256) -> list:
+    """Positive-class probability of each text (empty texts score as a single unknown word); for task=tag, the
+    predicted class name at every step. data_state is what turns text into the training ids: a checkpoint's data
+    module entry (stacked_rnn.checkpoint.data_state_of), or the data module's state_dict(). Runs in eval mode (no
+    dropout) on the model's device, whatever mode the model was in (and leaves it so)."""
+    if not data_state.get("vocab"):
+        raise CheckpointError("this model reads real-valued features, not text (e.g. data=adding): predict has no "
+                              "vocabulary to encode text with")
+    encoded = [encode_text(t, data_state) for t in texts]
+    was_training, out = model.training, []
     model.eval()
     try:
         for start in range(0, len(encoded), batch_size):
             ids, lengths, _ = collate([(x, 0) for x in encoded[start : start + batch_size]])
-            probs += torch.sigmoid(model(ids.to(model.device), lengths).float()).tolist()
+            scores = model(ids.to(model.device), lengths).float().cpu()
+            if model.hparams.task == "tag":  # (B, T, C): the class named at each real step
+                classes = data_state.get("classes") or [str(c) for c in range(scores.shape[-1])]
+                out += [[classes[c] for c in row[:n].tolist()] for row, n in zip(scores.argmax(-1), lengths.tolist())]
+            else:
+                out += torch.sigmoid(scores).tolist()
     finally:
         model.train(was_training)
-    return probs
+    return out
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -76,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return parser.fail(err)
     for prob, text in zip(probs, texts):
         preview = text if len(text) <= 70 else text[:67] + "..."
-        print(f"{prob:.4f}\t{preview}")
+        print(f"{' '.join(prob)}\t{preview}" if isinstance(prob, list) else f"{prob:.4f}\t{preview}")
     return 0
 
 

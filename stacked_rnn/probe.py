@@ -5,10 +5,12 @@ knows best grows with its depth. Layers are numbered from the input: layer 0 is 
 k-th recurrent layer (PyTorch's weight_*_l{k-1}).
 
 - Scale probes (probe_scales.json, probe_scales.png): at a few sampled real steps t of each review, a linear probe
-  reads layer k's state h_t and predicts, for each scale w, the mean word polarity of the review's tokens
-  t-w+1..t (ridge regression, R^2), and the review's label (logistic regression, accuracy: the "doc" column, how
-  much of the verdict the layer holds at step t). A bidirectional layer is read in its forward direction only:
-  the backward half at step t has read the words after t.
+  reads layer k's state h_t and predicts each target at step t (ridge regression, R^2), and the review's label
+  (logistic regression, accuracy: the "doc" column, how much of the verdict the layer holds at step t). The targets
+  (probe_targets.StepTargets): a task's own exact ones where it states them (data=synthetic_reviews: the polarity
+  of the word, of the phrase, of the sentence so far and the document tally), else IMDB's mean word polarity of
+  the tokens t-w+1..t at each scale w. A bidirectional layer is read in its forward direction only: the backward
+  half at step t has read the words after t.
 - Final-state probe (probe.json, probe.png): the label from each layer's final state, and from the mean of the
   word embeddings (a bag of words) in place of the embeddings' "final state".
 
@@ -30,62 +32,24 @@ import torch
 
 from stacked_rnn.checkpoint import (CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load,
                                     read_results, run_folder)
-from stacked_rnn.data import ReviewDataset, collate
 from stacked_rnn.diagnostics import layer_outputs
-from stacked_rnn.imdb import PAD_ID, UNK_ID
 from stacked_rnn.loggers import has_tensorboard
 from stacked_rnn.model import StackedRNNClassifier
+from stacked_rnn.probe_plots import plot_final, plot_scales
+from stacked_rnn.probe_targets import DEFAULT_SCALES, StepTargets, lexicon_summary
+from stacked_rnn.tasks.batches import ReviewDataset, collate
 
-DEFAULT_SCALES = (1, 4, 16, 64)
-# penalties tried, on standardised features (a weak signal, as the control's, picks the strongest penalty)
 ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5)  # ridge
 CS = (1e-4, 1e-3, 1e-2, 1e-1, 1e0)  # logistic, inverse (larger C: slow on separable states, no gain)
 FOLDS = 5  # cross-validation folds within the training reviews, grouped by review
-LEXICON_ALPHA = 1.0  # NBSVM's smoothing count
-LEXICON_MIN_REVIEWS = 20  # the lexicon's most polar words listed in probe_scales.json occur in at least this many
 
-
-# ----------------------------------------------------------------------------------------------
-# Word polarity and the targets
-
-
-def polarity_lexicon(train: ReviewDataset, num_tokens: int, alpha: float = LEXICON_ALPHA) -> np.ndarray:
-    """Polarity r (num_tokens,) of every vocabulary id: NBSVM's smoothed log-count ratio (Wang & Manning 2012) over
-    the TRAINING reviews only. With binarised counts, p = alpha + the number of positive training reviews holding
-    the word, q likewise for negative, r = log((p / |p|_1) / (q / |q|_1)). <pad> gets 0 and counts in no norm;
-    <unk> gets its own ratio like any word (the model reads it: it stands for the words outside the vocabulary). A
-    word no training review holds gets the prior log(|q|_1 / |p|_1), about 0 with balanced classes.
-
-    Not the archive's imdbEr.txt (Potts 2011): it was computed on all 50,000 labelled reviews, the test reviews
-    included, and on another tokenisation. This one is defined on this package's tokens and vocabulary, and only
-    on the reviews the model trained on (the run's training split, without its validation reviews)."""
-    present = [np.unique(ids) for ids in train.sequences]  # binarised: a review counts once per word
-    ids = np.concatenate(present) if present else np.zeros(0, dtype=np.int64)
-    positive = np.repeat(np.asarray(train.labels) > 0.5, [len(u) for u in present])
-    p = alpha + np.bincount(ids[positive], minlength=num_tokens)[1:]  # without <pad>
-    q = alpha + np.bincount(ids[~positive], minlength=num_tokens)[1:]
-    return np.concatenate([[0.0], np.log(p / p.sum()) - np.log(q / q.sum())])  # (V,)
-
-
-def window_means(polarity: np.ndarray, lengths: np.ndarray, scales) -> np.ndarray:
-    """Mean polarity of the last w tokens at every step, (B, T, S) from per-token polarity (B, T) of right-padded
-    reviews: tokens t-w+1..t, or the tokens 0..t so far where fewer than w; NaN at padded steps (never probed)."""
-    batch, steps = polarity.shape
-    real = np.arange(steps)[None, :] < np.asarray(lengths)[:, None]  # (B, T)
-    sums = np.concatenate([np.zeros((batch, 1)), np.cumsum(np.where(real, polarity, 0.0), axis=1)], axis=1)  # (B, T+1)
-    end = np.arange(1, steps + 1)  # (T,): the window ends after step t
-    out = np.empty((batch, steps, len(scales)))
-    for s, w in enumerate(scales):
-        start = np.maximum(end - w, 0)
-        out[:, :, s] = (sums[:, end] - sums[:, start]) / (end - start)
-    out[~real] = np.nan
-    return out  # (B, T, S)
 
 
 class Sample:
-    """The probed reviews of one split and the steps sampled in them: the same for every layer, scale and model."""
+    """The probed reviews of one split and the steps sampled in them: the same for every layer, target and model.
+    targets_of(i) gives review i's targets at every step (T_i, S)."""
 
-    def __init__(self, dataset: ReviewDataset, lexicon: np.ndarray, scales, max_reviews: int, steps_per_review: int,
+    def __init__(self, dataset: ReviewDataset, targets_of, max_reviews: int, steps_per_review: int,
                  rng: np.random.Generator):
         n = len(dataset)
         self.reviews = np.sort(rng.permutation(n)[:max_reviews])  # a seeded random subset, not the shortest reviews
@@ -95,11 +59,7 @@ class Sample:
         picks = [np.sort(rng.choice(n_real, size=min(steps_per_review, n_real), replace=False)) for n_real in lengths]
         self.review = np.repeat(np.arange(len(self.ids)), [len(p) for p in picks])  # (N,): which review
         self.step = np.concatenate(picks)  # (N,): its step t, always a real one
-        padded = np.zeros((len(self.ids), lengths.max()), dtype=np.int64)  # (R, T)
-        for row, ids in enumerate(self.ids):
-            padded[row, : len(ids)] = ids
-        targets = window_means(lexicon[padded], lengths, scales)  # (R, T, S)
-        self.targets = targets[self.review, self.step]  # (N, S)
+        self.targets = np.stack([targets_of(int(self.reviews[r]))[t] for r, t in zip(self.review, self.step)])  # (N, S)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,19 +194,20 @@ def layer_names(layers: list[int]) -> list[str]:
     return ["embeddings" if k == 0 else f"layer {k}" for k in layers]
 
 
-def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, lexicon: np.ndarray, scales=DEFAULT_SCALES,
+def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, targets: StepTargets,
                 steps_per_review: int = 8, max_reviews: int = 2000, layers: list[int] | None = None,
                 seed: int = 0) -> tuple[dict, dict]:
     """Probe the trained model and its control on the same sampled reviews and steps. Returns the scale probes'
     result (probe_scales.json) and the final-state probe's (probe.json)."""
     layers = list(range(model.hparams.layers + 1)) if layers is None else sorted(layers)
     rng = np.random.default_rng(seed)
-    train_sample = Sample(train, lexicon, scales, max_reviews, steps_per_review, rng)
-    test_sample = Sample(test, lexicon, scales, max_reviews, steps_per_review, rng)
+    train_sample = Sample(train, targets.of["train"], max_reviews, steps_per_review, rng)
+    test_sample = Sample(test, targets.of["test"], max_reviews, steps_per_review, rng)
     runs = {name: probe_features(extract(m, train_sample, layers), extract(m, test_sample, layers), train_sample,
                                  test_sample, seed) for name, m in (("trained", model), ("control", control))}
     trained, control_scores = np.asarray(runs["trained"]["scores"]), np.asarray(runs["control"]["scores"])
-    names, columns = layer_names(layers), [f"w={w}" for w in scales] + ["doc"]
+    names, columns = layer_names(layers), targets.columns + ["doc"]
+    n_targets = len(targets.columns)
     difference = (trained - control_scores).tolist()
     y_test = test_sample.labels[test_sample.review]
     scales_result = {
@@ -254,16 +215,17 @@ def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, lexic
         "layer_note": "layer 0 = the word embeddings, layer k = the k-th recurrent layer (weight_*_l{k-1}); "
                       + ("forward direction only (the backward half at step t has read the future)"
                          if model.hparams.bidirectional else "unidirectional"),
-        "scales": list(scales), "columns": columns, "metric": ["r2"] * len(scales) + ["accuracy"],
+        "targets": targets.source, "axis": targets.axis, "columns": columns,
+        "metric": ["r2"] * n_targets + ["accuracy"],
         "trained": trained.tolist(), "control": control_scores.tolist(), "difference": difference,
         "best_layer": {"by_difference": best_layers(names, columns, difference),
                        "by_trained": best_layers(names, columns, trained)},
         "doc_chance": float(max(y_test.mean(), 1 - y_test.mean())),
-        "penalty": {"kind": ["ridge alpha"] * len(scales) + ["logistic C"],
+        "penalty": {"kind": ["ridge alpha"] * n_targets + ["logistic C"],
                     "trained": runs["trained"]["penalties"], "control": runs["control"]["penalties"]},
         "train_reviews": len(train_sample.ids), "test_reviews": len(test_sample.ids),
         "train_steps": len(train_sample.step), "test_steps": len(test_sample.step),
-        "settings": {"scales": list(scales), "steps_per_review": steps_per_review, "max_reviews": max_reviews,
+        "settings": {"columns": targets.columns, "steps_per_review": steps_per_review, "max_reviews": max_reviews,
                      "layers": layers, "sample_seed": seed},
         "cv": {"folds": FOLDS, "grouped_by": "review", "alphas": list(ALPHAS), "Cs": list(CS),
                "chosen_by": "mean validation R^2 (ridge, per scale) or log loss (logistic) over folds of the "
@@ -277,83 +239,14 @@ def probe_model(model, control, train: ReviewDataset, test: ReviewDataset, lexic
     return scales_result, final_result
 
 
-def lexicon_summary(lexicon: np.ndarray, train: ReviewDataset, vocab: list[str]) -> dict:
-    """Where the word polarities come from, and the most polar common words (a sanity check)."""
-    counts = np.bincount(np.concatenate([np.unique(s) for s in train.sequences]), minlength=len(vocab))
-    common = np.flatnonzero(counts >= LEXICON_MIN_REVIEWS)
-    common = common[common > UNK_ID]
-    ranked = common[np.argsort(-lexicon[common], kind="stable")]
-    return {"source": "smoothed log-count ratio (NBSVM, Wang & Manning 2012) of binarised counts in the run's "
-                      "training reviews (never validation or test)", "alpha": LEXICON_ALPHA,
-            "train_reviews": len(train), "vocab_size": len(vocab), "unk": float(lexicon[UNK_ID]),
-            "pad": float(lexicon[PAD_ID]), "most_polar_among": f"words in >= {LEXICON_MIN_REVIEWS} training reviews",
-            "most_positive": [vocab[i] for i in ranked[:10]], "most_negative": [vocab[i] for i in ranked[::-1][:10]]}
 
 
 # ----------------------------------------------------------------------------------------------
 # Figures
 
 
-def plot_final(result: dict, title: str):
-    """Final-state probe: one bar per layer (trained), the control as a black tick."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n.replace(" (", "\n(") for n in result["layers"]]
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(names), 3.4))
-    bars = ax.bar(range(len(names)), result["accuracy"], color=["grey" if n.startswith("embeddings") else "C0"
-                                                                for n in names])
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.scatter(range(len(names)), result["control"], marker="_", s=600, color="black", label="untrained control")
-    ax.axhline(0.5, color="red", linestyle=":", label="chance")
-    ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set_ylim(0.4, 1.07)
-    ax.set_ylabel("probe test accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
-    fig.tight_layout()
-    return fig
 
 
-def plot_scales(layers: list[str], columns: list[str], trained, control, difference, title: str, spread=None):
-    """Heatmap, layers (top layer at the top) x scales, coloured by trained - control: the R^2 columns on one colour
-    scale, the doc (accuracy) column on its own. Each cell shows the trained score and the control's (and, for a
-    summary over seeds, the 95% CI of the difference)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trained, control, difference = (np.asarray(m, dtype=float)[::-1] for m in (trained, control, difference))
-    spread = None if spread is None else np.asarray(spread, dtype=float)[::-1]
-    n_rows, n_cols = trained.shape
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.25 * n_cols, 1.3 + 0.62 * n_rows), squeeze=False,
-                             gridspec_kw={"width_ratios": [n_cols - 1, 1]})
-    panels = [(axes[0][0], slice(0, n_cols - 1), "trained - control (R^2)"),
-              (axes[0][1], slice(n_cols - 1, n_cols), "trained - control (accuracy)")]
-    for ax, cols, label in panels:
-        values = difference[:, cols]
-        limit = max(float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0, 0.02)
-        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        for r in range(n_rows):
-            for c, col in enumerate(range(n_cols)[cols]):
-                small = f"ctl {control[r, col]:.2f}"
-                if spread is not None and np.isfinite(spread[r, col]):
-                    small += f"\ndiff ±{spread[r, col]:.2f}"
-                colour = "white" if abs(values[r, c]) > 0.6 * limit else "black"
-                ax.text(c, r, f"{trained[r, col]:.2f}", ha="center", va="bottom", fontsize=9, weight="bold",
-                        color=colour)
-                ax.text(c, r, small, ha="center", va="top", fontsize=6.5, color=colour)
-        ax.set_xticks(range(values.shape[1]), columns[cols])
-        ax.set_yticks(range(n_rows), layers[::-1] if ax is axes[0][0] else [""] * n_rows)
-        fig.colorbar(image, ax=ax, label=label, fraction=0.08 if ax is axes[0][0] else 0.3, pad=0.03)
-    axes[0][0].set_xlabel("scale: mean polarity of the last w tokens (R^2)")
-    axes[0][1].set_xlabel("label")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,11 +264,15 @@ def check_layers(layers: list[int] | None, depth: int) -> list[int]:
     return layers
 
 
+MOVED_TARGETS = {"stacked_rnn.data.IMDBDataModule": "stacked_rnn.tasks.imdb.IMDBDataModule"}  # runs from before tasks/
+
+
 def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales=DEFAULT_SCALES,
               steps_per_review: int = 8, layers: list[int] | None = None, sample_seed: int = 0,
               **data_overrides) -> tuple[dict, dict]:
     """Probe a run's checkpoint and its untrained control; writes probe_scales.json/png and probe.json/png into the
-    run folder (or out) and the figures to the run's TensorBoard. Returns both results (scale probes, final state)."""
+    run folder (or out) and the figures to the run's TensorBoard. Returns both results (scale probes, final state).
+    `scales` are IMDB's window sizes; a task that states its own targets ignores them."""
     from hydra.utils import instantiate
 
     path = find_checkpoint(ckpt)
@@ -383,10 +280,12 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
     run_dir = run_folder(path)
     results = read_results(run_dir)
     config = results["config"]
-    if model.hparams.input_dim or config.get("metric", "acc") != "acc":
-        raise CheckpointError(f"{path} is not an IMDB classifier: the probes read word polarity and review labels")
+    if model.hparams.input_dim or model.hparams.task != "classify" or not data_state.get("vocab"):
+        raise CheckpointError(f"{path} is not a text classifier (task={model.hparams.task}, input_dim="
+                              f"{model.hparams.input_dim}): the probes read token-level targets and document labels")
     layers = check_layers(layers, model.hparams.layers)
     data_cfg = dict(config["data"])  # the probe rebuilds the run's training data
+    data_cfg["_target_"] = MOVED_TARGETS.get(data_cfg["_target_"], data_cfg["_target_"])
     data_cfg.update({k: v for k, v in data_overrides.items() if v is not None})
     datamodule = instantiate(data_cfg)
     datamodule.setup("fit")
@@ -394,17 +293,20 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
         raise CheckpointError("the rebuilt data has a different vocabulary from the checkpoint's: give the "
                               "archive/root and cache_dir the run was trained with")
     control = initial_model(dict(model.hparams), config["seed"])
-    lexicon = polarity_lexicon(datamodule.datasets["train"], datamodule.num_tokens)
+    targets = StepTargets.for_task(datamodule, scales)
     scales_result, final_result = probe_model(model, control, datamodule.datasets["train"],
-                                              datamodule.datasets["test"], lexicon, scales, steps_per_review,
+                                              datamodule.datasets["test"], targets, steps_per_review,
                                               max_reviews, layers, sample_seed)
     hp = model.hparams
     about = {"checkpoint": str(path), "run_seed": config["seed"], "run_test_acc": results.get("test_acc"),
              "model": {k: hp[k] for k in ("cell", "layers", "units", "embed_dim", "bidirectional", "residual")},
              "control_model": f"StackedRNNClassifier(**hparams) after torch.manual_seed({config['seed']}): the "
                               "untrained start of the run"}
-    scales_result = about | scales_result | {"lexicon": lexicon_summary(lexicon, datamodule.datasets["train"],
-                                                                        datamodule.vocab)}
+    if targets.lexicon is not None:  # IMDB: where the word polarities came from
+        scales_result |= {"scales": list(scales), "lexicon": lexicon_summary(targets.lexicon,
+                                                                             datamodule.datasets["train"],
+                                                                             datamodule.vocab)}
+    scales_result = about | scales_result
     final_result = about | final_result
     name = f"{hp.cell} x {hp.layers}{' bidirectional' if hp.bidirectional else ''}"
     figures = {
@@ -413,7 +315,7 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
                                     scales_result["control"], scales_result["difference"],
                                     f"{name}: linear probes at {steps_per_review} steps of "
                                     f"{scales_result['test_reviews']} test reviews; text: trained score, untrained "
-                                    "control"),
+                                    "control", axis=targets.axis),
     }
     out_dir = Path(out) if out else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -444,7 +346,8 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
     group the jobs that differ only in seed and write probe_scales_summary.json and probe_scales_<config>.png into
     the sweep folder: per configuration and cell, the mean and 95% CI (Student t) of trained, control and
     difference."""
-    from stacked_rnn.report import config_name, summarise, swept_values
+    from stacked_rnn.report import swept_values
+    from stacked_rnn.report_stats import config_name, summarise
 
     sweep = Path(sweep_dir).expanduser()
     if not sweep.is_dir():
@@ -455,7 +358,8 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
     results = {d: json.loads((d / "results.json").read_text()) for d in folders}
     done = [d for d, r in results.items() if r.get("status", "ok") == "ok" and r.get("metric", "acc") == "acc"]
     if not done:
-        raise CheckpointError(f"sweep={sweep_dir} jobs={jobs}: no finished IMDB job folder (with results.json) matches")
+        raise CheckpointError(f"sweep={sweep_dir} jobs={jobs}: no finished text-classification job folder (with "
+                              "results.json) matches")
     for job in done:
         if not (job / "probe_scales.json").is_file():
             print(f"probing {job.name}", file=sys.stderr)
@@ -472,7 +376,7 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
                 raise CheckpointError(f"jobs {first_job} and {job} were probed at different layers or scales: delete "
                                       "their probe_scales.json to probe them again with the same settings")
         entry = {"config": name, "jobs": [job for job, _ in members], "n": len(members), "layers": first["layers"],
-                 "columns": first["columns"], "metric": first["metric"]}
+                 "columns": first["columns"], "metric": first["metric"], "axis": first.get("axis")}
         for what in ("trained", "control", "difference"):
             stacked = np.asarray([result[what] for _, result in members], dtype=float)  # (n, layers, columns)
             cells = [[summarise(stacked[:, r, c].tolist()) for c in range(stacked.shape[2])]
@@ -491,7 +395,7 @@ def probe_sweep(sweep_dir: str, jobs: str = "*", **probe_args) -> dict:
             ci = [[np.nan if v is None else v for v in row] for row in entry["difference"]["ci95"]]
             fig = plot_scales(entry["layers"], entry["columns"], entry["trained"]["mean"], entry["control"]["mean"],
                               entry["difference"]["mean"], f"{entry['config']}: mean of {entry['n']} seeds; text: "
-                              "trained, control, ±95% CI of the difference", spread=ci)
+                              "trained, control, ±95% CI of the difference", spread=ci, axis=entry.get("axis"))
             fig.savefig(sweep / f"probe_scales_{entry['config'].replace('/', '_')}.png", dpi=120)
             writer.add_figure(f"probe/scales/{entry['config']}", fig)
     return summary

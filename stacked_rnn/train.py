@@ -33,10 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 from stacked_rnn import SWEPT_KEYS_ENV, swept_keys
 from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNonFiniteLoss, is_int,
                                    submitit_requeue_signal)
-from stacked_rnn.data import TRUNCATE_CHOICES
-from stacked_rnn.imdb import VAL_SPLITS, DataError
+from stacked_rnn.tasks.batches import TRUNCATE_CHOICES
+from stacked_rnn.tasks.imdb_corpus import VAL_SPLITS, DataError
 from stacked_rnn.loggers import MLFLOW_INSTALL, complete_mlflow, log_run_files, mlflow_installed, needs_mlflow, where
-from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, PACKING, POOLS, TASKS, units_for_budget
+from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, NORMS, PACKING, POOLS, TASK_METRICS, TASKS, units_for_budget
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
@@ -79,12 +79,20 @@ def check_config(cfg: DictConfig) -> None:
         ("model.weight_decay", m.weight_decay, is_number(m.weight_decay) and m.weight_decay >= 0, "a number >= 0"),
         ("model.adam_eps", m.adam_eps, is_number(m.adam_eps) and m.adam_eps > 0, "a number > 0"),
         ("model.task", m.get("task"), m.get("task", "classify") in TASKS, f"one of {TASKS}"),
+        ("model.norm", m.get("norm"), m.get("norm", "none") in NORMS, f"one of {NORMS}"),
         ("model.residual", m.get("residual"), m.get("residual", False) in (True, False), "true or false"),
         ("model.input_dim", m.get("input_dim"), is_int(m.get("input_dim", 0)) and m.get("input_dim", 0) >= 0,
          "0 (token ids) or the number of input features"),
     ]
     for key in ("dropout", "embed_dropout", "head_dropout"):
         rules.append((f"model.{key}", m[key], is_number(m[key]) and 0 <= m[key] < 1, "a number in [0, 1)"))
+    task = m.get("task", "classify")
+    if task == "tag":
+        rules.append(("model.num_classes", m.get("num_classes"), is_int(m.get("num_classes")) and m.num_classes >= 2,
+                      "an integer >= 2 for task=tag (set by the data group)"))
+    if task in TASK_METRICS:
+        rules.append(("metric", cfg.get("metric"), cfg.get("metric") in TASK_METRICS[task],
+                      f"one of {TASK_METRICS[task]} for task={task} (data.metric)"))
     if "max_len" in d:  # the IMDB data group
         rules += [
             ("data.max_len", d.max_len, is_int(d.max_len) and d.max_len >= 1, "an integer >= 1"),
@@ -117,6 +125,10 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
     check_param_budget(cfg)
+    if m.bidirectional is True and m.pack == "never":
+        raise ConfigError("model.pack='never' is not allowed with model.bidirectional=true: the backward direction "
+                          "would start on each review's padding; use model.pack=auto or always (a bidirectional "
+                          "stack always packs)")
     if m.dropout > 0 and m.layers == 1:
         warnings.warn(f"model.dropout={m.dropout} has no effect with model.layers=1: PyTorch applies it only "
                       "between stacked layers (use model.head_dropout or model.embed_dropout instead)")
@@ -144,7 +156,9 @@ def check_param_budget(cfg: DictConfig) -> None:
                           "chooses the units of each depth, so set one of them (drop model.units, or set "
                           "model.param_budget=null)")
     try:
-        units_for_budget(int(budget), m.cell, m.layers, m.get("input_dim") or m.embed_dim, m.bidirectional)
+        outputs = m.get("num_classes") if m.get("task") == "tag" else 1
+        units_for_budget(int(budget), m.cell, m.layers, m.get("input_dim") or m.embed_dim, m.bidirectional, outputs,
+                         m.get("norm", "none"))
     except ValueError as err:
         raise ConfigError(f"model.{err}") from err
     m.param_budget = int(budget)  # 2e4 on the command line arrives as a float
@@ -157,14 +171,15 @@ def assign_device(job_num: int, gpu_count: int) -> list[int] | None:
 
 def place_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, give each job its own GPU (trainer.devices=[i mod G], never CUDA_VISIBLE_DEVICES,
-    which joblib's reused workers would not see change) or, on CPU, its share of the cores."""
+    which joblib's reused workers would not see change), and each job, on CPU or GPU, its share of the host's cores:
+    n_jobs processes at once with one thread per core each would oversubscribe them (hydra/launcher=gpu_shared)."""
     hydra_cfg = HydraConfig.get()
     n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
     parallel = (os.cpu_count() or 1) if n_jobs < 0 else min(n_jobs, os.cpu_count() or 1)
     device = assign_device(hydra_cfg.job.num, torch.cuda.device_count()) if uses_cuda(cfg) else None
     if device is not None and cfg.trainer.devices in (1, "1", "auto"):
         cfg.trainer.devices = device
-    if parallel > 1 and not uses_cuda(cfg):
+    if parallel > 1:  # GPU jobs too: each runs its data, its loop and its kernel launches on the CPU
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
 
 
@@ -175,6 +190,16 @@ def is_multirun() -> bool:
 def uses_cuda(cfg: DictConfig) -> bool:
     accelerator = cfg.trainer.accelerator
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The task's data module from cfg.data; a value it refuses (ValueError naming the data.* key) is a ConfigError."""
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, DataError)):
+            raise ConfigError(str(err.__cause__)) from err
+        raise
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> list[Logger]:
@@ -337,10 +362,10 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # vanishing BPTT gradients turn subnormal: ~15x slower on x86 without this
     L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)  # the task checks its own settings here, before any work
     # before the data work, so that trainer.* and logger.* mistakes surface at once
     trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None)
 
-    datamodule = instantiate(cfg.data)
     data_start = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -366,12 +391,13 @@ def run(cfg: DictConfig) -> dict:
         best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         epochs = trainer.current_epoch
         history = list(next(c for c in trainer.callbacks if isinstance(c, History)).epochs)  # test() reloads callbacks
-        metric = cfg.get("metric", "acc")  # acc for IMDB, mse for data=adding
-        test_score = None
+        metric = cfg.get("metric", "acc")  # as the task describes itself: acc (IMDB), mse (adding), token_acc, ...
+        test_score, test_scores = None, {}
         if cfg.test_after_fit:  # every DDP rank tests (a collective); rank 0 records
             tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None,
                                   verbose=False, weights_only=True)
-            test_score = tested[0][f"test/{metric}"]
+            test_scores = {name.split("/", 1)[1]: value for name, value in tested[0].items() if name.startswith("test/")}
+            test_score = test_scores[metric]
     except SystemExit as err:  # Lightning exits this way after SIGTERM (and our Ctrl-C) or a second Ctrl-C
         if not trainer.interrupted:
             raise
@@ -382,15 +408,18 @@ def run(cfg: DictConfig) -> dict:
     results = {
         "status": "ok",
         "metric": metric,
+        "metric_mode": cfg.data.get("metric_mode", "max"),  # max: higher is better
+        "chance": cfg.data.get("chance"),  # the score of the trivial answer, as the task states it (null: none given)
         f"test_{metric}": test_score,
         f"best_val_{metric}": float(best_val) if best_val is not None else None,
+        **{f"test_{name}": value for name, value in test_scores.items() if name != metric},  # the task's other scores
         "num_params": model.num_params,
         "stack_params": model.stack_params,  # recurrent stack + head: what model.param_budget holds fixed
         "units": model.hparams.units,
         "param_budget": cfg.model.get("param_budget"),
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
-        "best_epoch": best_epoch(history, metric),
+        "best_epoch": best_epoch(history, metric, cfg.data.get("metric_mode", "max")),
         "seconds_per_epoch": round(train_seconds / max(epochs, 1), 2),
         "train_samples_per_second": round(epochs * len(datamodule.datasets["train"]) / train_seconds, 1),
         "data_seconds": round(data_seconds, 2),  # fetch + tokenise (cold) or read the token cache (warm)
@@ -412,13 +441,13 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def best_epoch(history: list[dict], metric: str) -> int | None:
+def best_epoch(history: list[dict], metric: str, mode: str = "max") -> int | None:
     """The epoch (1 = the first) with the best validation score, the one the best checkpoint holds: the first
     such epoch, as ModelCheckpoint keeps only strict improvements (max accuracy, min MSE)."""
     scores = [(h[f"val/{metric}"], h["epoch"]) for h in history if f"val/{metric}" in h]
     if not scores:
         return None
-    sign = -1 if metric == "mse" else 1
+    sign = -1 if mode == "min" else 1
     best = max(sign * score for score, _ in scores)
     return next(epoch for score, epoch in scores if sign * score == best) + 1
 

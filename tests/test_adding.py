@@ -9,7 +9,7 @@ import torch
 
 from conftest import compose_config
 from stacked_rnn import train
-from stacked_rnn.adding import BASELINE_MSE, AddingDataModule, make_adding
+from stacked_rnn.tasks.adding import BASELINE_MSE, AddingDataModule, make_adding
 
 
 def test_two_marked_steps_one_per_half_and_target_is_their_sum():

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -87,19 +88,117 @@ def test_keras_reference_exports_the_packages_tokens_pre_padded(tmp_path):
 
 
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh --dry-run: every step of the one prepared GPU check, at tiny sizes on the CPU, so
-    that the device run (15 minutes for everything) does not find its mistakes."""
-    out = tmp_path / "out"
+    """benchmarks/gpu_check.sh --dry-run: every step of the one prepared GPU check (issue 25), at tiny sizes on the
+    CPU, so that the device run (15 minutes for everything) does not find its mistakes. About a minute."""
+    out, keep = tmp_path / "out", tmp_path / "keep"
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "OUT": str(out), "BUDGET": "900", "PYTHON": sys.executable})
+                            timeout=600, env={**os.environ, "OUT": str(out), "KEEP": str(keep), "BUDGET": "600",
+                                              "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    steps = dict(re.findall(r"^(\w+): rc=(\d+)", (out / "summary.txt").read_text(), re.M))
-    assert steps == {name: "0" for name in ("tests", "precision", "throughput", "time_to_accuracy", "sweep_n1",
-                                             "sweep_n2", "depth_study_partial")}, steps
-    precision = json.loads((out / "precision.json").read_text())
-    assert [r["precision"] for r in precision["runs"]] == ["bf16-mixed", "32-true"]
-    assert all(r["finite"] and r["steps"] == 12 and r["steps_per_s"] > 0 for r in precision["runs"])
-    assert precision["dtypes"][0]["rnn_output"] in ("torch.float32", "torch.bfloat16")
-    assert len(list((out / "logs" / "sweep_n2").glob("*/results.json"))) == 4  # 2 depths x 2 seeds
-    assert (out / "depth_report.md").is_file() and (out / "logs.tar.gz").stat().st_size > 0
-    assert "== summary" in result.stdout and "| bf16-mixed |" in result.stdout and "| cell=gru,layers=4" in result.stdout
+    summary = (out / "summary.txt").read_text()
+    steps = dict(re.findall(r"^(\w+): rc=(\d+)", summary, re.M))
+    assert steps == {name: "0" for name in ("tests", "paths", "colocate", "depth_study", "time_to_accuracy")}, summary
+    # 1. the CUDA tests are collected (and skip here)
+    assert re.search(r"^\| 1\. tests \| rc=0 .*\| \d+ passed, \d+ skipped", summary, re.M), summary
+    # 2. four paths per model at 32-true, as ratios to the bare loop; the fastest one is used by the later steps
+    rows = json.loads((out / "paths.json").read_text())["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        (m, v) for m in ("default", "seed") for v in ("bare", "packed", "unpacked", "unpacked+on_device")]
+    assert all(r["samples_per_s"] > 0 for r in rows) and all(r["ratio"] == 1 for r in rows if r["variant"] == "bare")
+    fastest = re.search(r"^fastest path: (model\.pack=(always|never) data\.on_device=(true|false))$", summary, re.M)
+    assert fastest, summary
+    # 3. MPS cannot start here: plain processes, said so; the probe chose 1 or 2 jobs; the study ran at that path
+    assert re.search(r"^mps: plain: nvidia-cuda-mps-control is not installed$", summary, re.M)
+    assert re.search(r"^n_jobs: [12]$", summary, re.M)
+    jobs = [json.loads(p.read_text()) for p in (out / "logs" / "depth_study").glob("*/results.json")]
+    assert len(jobs) == 2 and all(j["status"] == "ok" for j in jobs)  # gru at depths 1 and 2
+    paths_used = {f"model.pack={j['config']['model']['pack']} data.on_device={j['config']['data']['on_device']}"
+                  for j in jobs}
+    assert paths_used == {fastest.group(1).replace("=true", "=True").replace("=false", "=False")}
+    assert (out / "depth_report.md").is_file()
+    # 4. and the summary table comes last, the key files are kept (the device tool returns 8 at most), no checkpoints
+    assert re.search(r"^\| 4\. time_to_accuracy \| rc=0 .*\| test accuracy [\d.]+ >= 0\.6 after epoch", summary, re.M)
+    assert result.stdout.index("== summary") > result.stdout.index("time_to_accuracy: rc=0")
+    kept = {p.name for p in keep.iterdir()}
+    assert {"summary.txt", "logs.tar.gz", "paths.json", "depth_report.md"} <= kept and len(kept) <= 8
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "logs/paths.log" in names and not any(n.endswith(".ckpt") for n in names)
+
+
+def fake_tools(folder: Path, client_ok: bool) -> dict:
+    """nvidia-smi, nvidia-cuda-mps-control and a python that stand in for a GPU machine's: the fake control daemon
+    makes its pipe, answers get_server_list while it runs and writes each command it reads to calls.txt."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "nvidia-smi": "exit 0",
+        "nvidia-cuda-mps-control": f"""calls={folder}/calls.txt
+if [ "${{1:-}}" = -d ]; then
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY"; touch "$CUDA_MPS_PIPE_DIRECTORY/control"; echo start >> $calls; exit 0
+fi
+read -r command; echo "$command" >> $calls
+[ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ] || exit 1
+[ "$command" = quit ] && rm "$CUDA_MPS_PIPE_DIRECTORY/control"
+exit 0""",
+        "client": "exit 0" if client_ok else "echo 'CUDA error: all CUDA-capable devices are busy' >&2; exit 1",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STACKED_RNN_MPS_DIR": str(folder / "mps"),
+            "PYTHON": str(bin_dir / "client")}
+
+
+def mps(command: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(BENCHMARKS / "mps.sh"), command], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_mps_script_starts_checks_and_stops_the_daemon_in_its_own_directory(tmp_path):
+    env = fake_tools(tmp_path, client_ok=True)
+    started = mps("start", env)
+    pipe = tmp_path / "mps" / "pipe"
+    assert started.returncode == 0 and started.stdout.strip() == (
+        f"export CUDA_MPS_PIPE_DIRECTORY={pipe} CUDA_MPS_LOG_DIRECTORY={tmp_path / 'mps' / 'log'}")
+    assert "mps: started" in started.stderr
+    assert mps("status", env).stdout.startswith(f"mps: running (pipe directory {pipe}")
+    assert "already running" in mps("start", env).stderr  # a second start leaves the daemon alone
+    assert mps("stop", env).stderr.strip() == "mps: stopped"
+    assert mps("status", env).stdout.startswith("mps: not running")
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert calls[0] == "start" and calls.count("start") == 1 and calls[-1] == "quit"  # quit ends it
+
+
+def test_mps_script_falls_back_to_plain_processes_where_mps_cannot_serve(tmp_path):
+    """A daemon that starts but serves no client (as under a sandbox such as gVisor) is stopped again; start prints
+    no exports, says why on stderr and exits 0, so the jobs run as plain concurrent processes."""
+    env = fake_tools(tmp_path, client_ok=False)
+    started = mps("start", env)
+    assert started.returncode == 0 and started.stdout == ""
+    assert re.search(r"MPS is not available \(a CUDA client could not run through it: CUDA error: all CUDA-capable "
+                     r"devices are busy.*\): jobs will run as plain concurrent processes", started.stderr)
+    assert "quit" in (tmp_path / "calls.txt").read_text().split()  # the daemon was stopped again
+    assert mps("status", env).stdout.startswith("mps: not running: jobs run as plain concurrent processes (plain: a "
+                                                 "CUDA client could not run through it")
+    missing = {**env, "PATH": "/usr/bin:/bin", "STACKED_RNN_MPS_DIR": str(tmp_path / "none")}
+    assert "nvidia-cuda-mps-control is not installed" in mps("start", missing).stderr
+    assert mps("bogus", env).returncode == 2
+
+
+def test_minimal_cells_speed_compares_every_cell_with_nn_gru_in_one_run():
+    rows = [row for row in table_rows(run_quick("minimal_cells_speed.py"), "") if row[0].isdigit()]  # T, model, ...
+    models = {"gru", "lstm", "mingru-chunked", "mingru-log", "minlstm-chunked", "minlstm-log"}
+    for length in ("32", "64"):
+        at = {row[1]: row for row in rows if row[0] == length}
+        assert set(at) == models and at["gru"][-1] == "1.00x"  # every ratio is to nn.GRU at the same T, same run
+        assert all(float(row[-1].rstrip("x")) > 0 for row in at.values())
+
+
+def test_hierarchy_baselines_give_the_lower_rule_half_and_the_level_rule_all(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "hierarchy_baselines.py"), "--levels", "2", "--json",
+                             str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = __import__("json").loads((tmp_path / "rows.json").read_text())
+    assert row["rules"]["2"] == 1.0 and row["rules"]["1"] == 0.5  # balanced by construction: exactly half
+    assert abs(row["unigram"] - 0.5) < 0.05 and row["majority"] == 0.5

@@ -13,9 +13,10 @@ import json
 import warnings
 
 from conftest import compose_config, movie_urls, write_imdb_archive
-from stacked_rnn import imdb
-from stacked_rnn.data import IMDBDataModule, BucketSampler, collate, truncate_ids
-from stacked_rnn.imdb import split_indices, tokenise
+from stacked_rnn.tasks import imdb_corpus as imdb
+from stacked_rnn.tasks.imdb import IMDBDataModule
+from stacked_rnn.tasks.batches import BucketSampler, collate, truncate_ids
+from stacked_rnn.tasks.imdb_corpus import split_indices, tokenise
 
 
 def make_dm(archive, cache, **kw) -> IMDBDataModule:

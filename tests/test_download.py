@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from conftest import write_imdb_archive
-from stacked_rnn.data import IMDBDataModule
-from stacked_rnn.imdb import DataError, download, read_archive
+from stacked_rnn.tasks.imdb import IMDBDataModule
+from stacked_rnn.tasks.imdb_corpus import DataError, download, read_archive
 
 
 @pytest.fixture()

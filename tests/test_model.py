@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from stacked_rnn.model import CELLS, POOLS, StackedRNNClassifier, stack_params, units_for_budget
+from stacked_rnn.model import CELL_MODULES, CELLS, POOLS, StackedRNNClassifier, stack_params, units_for_budget
 
 
 def batch(vocab: int = 50):
@@ -26,7 +26,7 @@ def batch(vocab: int = 50):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_shapes_for_every_cell_pool_and_direction(cell, pool, bidirectional):
     model = StackedRNNClassifier(50, cell=cell, layers=3, units=8, embed_dim=6, pool=pool, bidirectional=bidirectional)
-    assert isinstance(model.rnn, getattr(torch.nn, cell.upper())) and model.rnn.num_layers == 3
+    assert isinstance(model.rnn, CELL_MODULES[cell]) and model.rnn.num_layers == 3
     ids, lengths = batch()
     assert model.encode(ids, lengths).shape == (3, 16 if bidirectional else 8)
     logits = model(ids, lengths)
@@ -163,7 +163,7 @@ def test_a_cuda_training_step_waits_for_the_gpu_no_more_than_the_bare_rnn(bidire
     """A packed training step (forward, backward, clipping, fused Adam) makes no more host syncs than a bare packed
     nn.GRU forward and backward on the same batch. On an H200 (torch 2.11, cuDNN 9.19) the packed cuDNN call
     itself synchronises, so 'no sync at all' is not reachable; the package must add none."""
-    from stacked_rnn.data import collate, to_device_keeping_lengths
+    from stacked_rnn.tasks.batches import collate, to_device_keeping_lengths
 
     model = StackedRNNClassifier(50, layers=2, units=16, embed_dim=8, bidirectional=bidirectional).cuda()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)

@@ -13,9 +13,10 @@ import torch
 from scipy import stats
 
 from conftest import compose_config, tiny_overrides
-from stacked_rnn import probe, train
-from stacked_rnn.data import ReviewDataset
+from stacked_rnn import probe, probe_targets, train
 from stacked_rnn.model import StackedRNNClassifier
+from stacked_rnn.probe_targets import StepTargets, window_targets
+from stacked_rnn.tasks.batches import ReviewDataset
 
 RUN_SEED = 3
 
@@ -34,7 +35,7 @@ def tiny_run(tiny_archive, tmp_path_factory):
 
 def test_window_means_match_hand_computed_means_at_the_start_and_with_padding():
     polarity = np.array([[1.0, 2.0, 3.0, 4.0, 99.0], [-2.0, 6.0, 99.0, 99.0, 99.0]])  # 99: padding, never counted
-    means = probe.window_means(polarity, np.array([4, 2]), scales=(1, 2, 3))  # (B, T, S)
+    means = probe_targets.window_means(polarity, np.array([4, 2]), scales=(1, 2, 3))  # (B, T, S)
     expected_first = [[1, 1, 1], [2, 1.5, 1.5], [3, 2.5, 2], [4, 3.5, 3]]  # fewer than w tokens: the mean so far
     np.testing.assert_allclose(means[0, :4], expected_first)
     np.testing.assert_allclose(means[1, :2], [[-2, -2, -2], [6, 2, 2]])
@@ -45,33 +46,34 @@ def test_lexicon_reads_training_reviews_only():
     # ids: 0 <pad>, 1 <unk>, 2 only in positive reviews, 3 only in negative ones, 4 in both, 5 in no training review
     train_set = ReviewDataset([np.array([2, 2, 4]), np.array([2, 1]), np.array([3, 4]), np.array([3, 3, 1])],
                               np.array([1, 1, 0, 0]))
-    r = probe.polarity_lexicon(train_set, num_tokens=6)
+    r = probe_targets.polarity_lexicon(train_set, num_tokens=6)
     p, q = 1 + np.array([1, 2, 0, 1, 0]), 1 + np.array([1, 0, 2, 1, 0])  # binarised counts of ids 1..5, alpha = 1
     np.testing.assert_allclose(r[1:], np.log(p / p.sum()) - np.log(q / q.sum()))
     assert r[0] == 0 and r[2] > 0 > r[3] and r[4] == pytest.approx(0) and r[1] == pytest.approx(0)
     assert r[5] == pytest.approx(math.log(q.sum() / p.sum()))  # the prior: no training review holds it
     # a word only the test reviews hold cannot move the lexicon, whatever their labels: the function never sees them
     test_set = ReviewDataset([np.array([5, 5, 5])], np.array([1]))
-    probe_input = probe.Sample(test_set, r, (1,), 10, 3, np.random.default_rng(0))
+    probe_input = probe.Sample(test_set, window_targets(test_set, r, (1,)), 10, 3, np.random.default_rng(0))
     np.testing.assert_allclose(probe_input.targets[:, 0], r[5])
 
 
 def test_sampled_steps_are_real_distinct_and_seeded():
     lengths = [3, 12, 1, 40]
     dataset = ReviewDataset([np.arange(2, 2 + n) for n in lengths], np.array([0, 1, 0, 1]))
-    sample = probe.Sample(dataset, np.zeros(50), (1, 4), max_reviews=10, steps_per_review=8,
+    sample = probe.Sample(dataset, window_targets(dataset, np.zeros(50), (1, 4)), max_reviews=10, steps_per_review=8,
                           rng=np.random.default_rng(5))
     for row, n in enumerate(lengths):
         steps = sample.step[sample.review == row]
         assert len(steps) == min(8, n) and len(set(steps)) == len(steps) and steps.max() < n
-    again = probe.Sample(dataset, np.zeros(50), (1, 4), 10, 8, np.random.default_rng(5))
+    again = probe.Sample(dataset, window_targets(dataset, np.zeros(50), (1, 4)), 10, 8, np.random.default_rng(5))
     np.testing.assert_array_equal(again.step, sample.step)
 
 
 def test_a_bidirectional_layer_is_read_forward_at_each_step_and_whole_at_the_end():
     model = StackedRNNClassifier(num_tokens=20, cell="lstm", layers=2, units=4, embed_dim=3, bidirectional=True).eval()
     dataset = ReviewDataset([np.array([2, 5, 7, 9, 3]), np.array([4, 4, 8])], np.array([1, 0]))
-    sample = probe.Sample(dataset, np.zeros(20), (1,), max_reviews=2, steps_per_review=2, rng=np.random.default_rng(1))
+    sample = probe.Sample(dataset, window_targets(dataset, np.zeros(20), (1,)), max_reviews=2, steps_per_review=2,
+                          rng=np.random.default_rng(1))
     steps, finals = probe.extract(model, sample, layers=[0, 2])
     assert steps[0].shape == (4, 3) and steps[1].shape == (4, 4) and finals[1].shape == (2, 8)
     for i, (row, t) in enumerate(zip(sample.review, sample.step)):
@@ -109,8 +111,9 @@ def test_the_planted_layer_and_scale_are_found(monkeypatch):
         return states
 
     monkeypatch.setattr(probe, "layer_sequences", planted)
-    result, final = probe.probe_model(trained, control, train_set, test_set, lexicon, scales=(1, 4, 16, 64),
-                                      steps_per_review=8, max_reviews=200)
+    targets = StepTargets.from_lexicon(lexicon, {"train": train_set, "test": test_set}, scales=(1, 4, 16, 64))
+    result, final = probe.probe_model(trained, control, train_set, test_set, targets, steps_per_review=8,
+                                      max_reviews=200)
     scores, columns = np.asarray(result["trained"]), result["columns"]
     assert result["layers"] == ["embeddings", "layer 1", "layer 2"] and columns == ["w=1", "w=4", "w=16", "w=64", "doc"]
     assert scores[1, 0] > 0.95 and scores[2, 2] > 0.95  # the planted cells
@@ -177,7 +180,7 @@ def test_probe_needs_one_run_or_one_sweep(tmp_path, capsys):
     assert probe.main(["ckpt=a", "sweep=b"]) == 2
     assert probe.main([f"ckpt={tmp_path}/missing.ckpt"]) == 2
     assert probe.main([f"sweep={tmp_path}"]) == 2
-    assert "no finished IMDB job folder" in capsys.readouterr().err
+    assert "no finished text-classification job folder" in capsys.readouterr().err
 
 
 def test_sweep_summary_probes_missing_jobs_and_averages_over_seeds(tiny_run, tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stacked_rnn.imdb import tokenise
+from stacked_rnn.tasks.imdb_corpus import tokenise
 from stacked_rnn.model import StackedRNNClassifier
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "python_api.md"

@@ -47,6 +47,12 @@ IMDB_TINY = {"data.limit": "40", "data.val_size": "20", "data.batch_size": "8", 
              "data.max_len": "32", "model.units": "8", "model.embed_dim": "8"}
 ADDING_TINY = {"data.length": "10", "data.train_size": "64", "data.val_size": "32", "data.test_size": "32",
                "data.batch_size": "16", "model.units": "8"}
+HIERARCHY_TINY = {"data.train_size": "64", "data.val_size": "32", "data.test_size": "32", "data.batch_size": "16",
+                  "model.units": "8"}
+COPY_TINY = {"data.length": "10", "data.num_tokens_to_copy": "2", "data.train_size": "64", "data.val_size": "32",
+             "data.test_size": "32", "data.batch_size": "16", "model.units": "8"}
+GENERATED = {"adding": ADDING_TINY, "adding_sweep": ADDING_TINY, "synthetic_reviews": HIERARCHY_TINY,
+             "hierarchy_study": HIERARCHY_TINY, "selective_copy": COPY_TINY, "copy_study": COPY_TINY}
 TRAINER_TINY = {"trainer.max_epochs": "1", "trainer.accelerator": "cpu", "trainer.enable_progress_bar": "false",
                 "trainer.enable_model_summary": "false", "trainer.log_every_n_steps": "1"}
 
@@ -89,9 +95,10 @@ def split(command: str, run_dir: Path, sweep_dir: Path) -> list[str]:
 def tiny(args: list[str], archive: Path, cache: Path, first_job: bool = False) -> list[str]:
     """Train overrides made small: the tiny archive instead of the download or a local copy, tiny sizes instead of
     the README's (a swept size is kept), one epoch on the CPU; first_job=True keeps the first value of each sweep."""
-    adding = any(a in ("data=adding", "experiment=adding", "experiment=adding_sweep") for a in args)
-    sizes = {**(ADDING_TINY if adding else IMDB_TINY), **TRAINER_TINY}
-    data = [] if adding else [f"data.archive={archive}", f"data.cache_dir={cache}"]
+    generated = next((GENERATED[a.partition("=")[2]] for a in args if a.startswith(("data=", "experiment="))
+                      and a.partition("=")[2] in GENERATED), None)  # a generated task: no archive, its own sizes
+    sizes = {**(generated or IMDB_TINY), **TRAINER_TINY}
+    data = [] if generated else [f"data.archive={archive}", f"data.cache_dir={cache}"]
     kept = []
     for arg in args:
         key, _, value = arg.partition("=")
@@ -216,8 +223,10 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
         assert name in ("train", "train -m"), f"README section {section!r}: no check for {shlex.join(argv)}"
         overrides = [a for a in argv[3:] if a != "-m" and not a.startswith("hydra.sweep.dir=")]
         overrides = [f"output_dir={a.partition('=')[2]}" if a.startswith("hydra.run.dir=") else a for a in overrides]
-        if not any(a.startswith("output_dir=") for a in overrides):  # sweeps' first jobs: one folder to report on
-            overrides.append(f"output_dir={(sweep_dir if name == 'train -m' else tmp_path) / f'job{i}'}")
+        generated = any(a.partition("=")[2] in GENERATED for a in overrides if a.startswith(("data=", "experiment=")))
+        if not any(a.startswith("output_dir=") for a in overrides):  # IMDB sweeps' first jobs: one folder to report on
+            folder = sweep_dir if name == "train -m" and not generated else tmp_path  # a report holds one task
+            overrides.append(f"output_dir={folder / f'job{i}'}")
         needs = [why for flag, why in NOT_TRAINED.items() if any(a.startswith(flag) for a in overrides)]
         if "--cfg" in overrides:  # --cfg job|hydra|all: a flag and its value, not overrides
             at = overrides.index("--cfg")

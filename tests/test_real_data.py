@@ -10,7 +10,7 @@ import pytest
 
 from conftest import compose_config
 from stacked_rnn import train
-from stacked_rnn.data import IMDBDataModule
+from stacked_rnn.tasks.imdb import IMDBDataModule
 
 ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aclImdb_labelled.tar.gz"
 pytestmark = [

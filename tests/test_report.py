@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from stacked_rnn import report
+from stacked_rnn import report, report_stats
 
 
 def fake_job(sweep, name: str, val: float, test: float, seed: int = 0, cell: str = "gru", layers: int = 1,
@@ -28,13 +28,13 @@ def read(path):
 
 
 def test_summarise_matches_hand_computed_mean_sd_and_t_interval():
-    stats = report.summarise([0.80, 0.82, 0.84])
+    stats = report_stats.summarise([0.80, 0.82, 0.84])
     assert stats["n"] == 3 and stats["mean"] == pytest.approx(0.82)
     assert stats["sd"] == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
     assert stats["ci95"] == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6)  # t(0.975, df=2) = 4.302653
-    two = report.summarise([0.5, 0.7])  # sd = 0.1414, t(0.975, 1) = 12.7062
+    two = report_stats.summarise([0.5, 0.7])  # sd = 0.1414, t(0.975, 1) = 12.7062
     assert two["ci95"] == pytest.approx(12.706205 * math.sqrt(0.02) / math.sqrt(2), rel=1e-6)
-    assert report.summarise([0.9]) == {"n": 1, "mean": 0.9, "sd": None, "ci95": None}
+    assert report_stats.summarise([0.9]) == {"n": 1, "mean": 0.9, "sd": None, "ci95": None}
 
 
 def test_seeds_of_one_configuration_aggregate_and_failed_seeds_are_counted_apart(tmp_path):
@@ -118,7 +118,7 @@ def test_welch_difference_ci_and_p_match_scipy_and_the_hand_computed_degrees_of_
     from scipy import stats
 
     a, b = [0.80, 0.82, 0.84], [0.70, 0.74]
-    got = report.welch(a, b)
+    got = report_stats.welch(a, b)
     se = math.sqrt(0.0004 / 3 + 0.0008 / 2)  # sample variances 0.0004 and 0.0008
     df = (0.0004 / 3 + 0.0008 / 2) ** 2 / ((0.0004 / 3) ** 2 / 2 + (0.0008 / 2) ** 2 / 1)  # Welch-Satterthwaite
     assert df == pytest.approx(1.684211, rel=1e-5)
@@ -128,16 +128,16 @@ def test_welch_difference_ci_and_p_match_scipy_and_the_hand_computed_degrees_of_
     scipy_test = stats.ttest_ind(a, b, equal_var=False)
     assert got["p"] == pytest.approx(scipy_test.pvalue)
     assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(scipy_test.confidence_interval()))
-    assert report.welch([0.5, 0.5], [0.5, 0.5]) == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}
+    assert report_stats.welch([0.5, 0.5], [0.5, 0.5]) == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}
 
 
 def test_holm_multiplies_in_rank_order_stays_monotone_and_skips_untested():
-    assert report.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert report_stats.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
     # by hand: sorted 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> raised to 0.06 (monotone)
-    assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
-    assert report.holm([None, None]) == [None, None] and report.holm([]) == []
+    assert report_stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert report_stats.holm([None, None]) == [None, None] and report_stats.holm([]) == []
     raw = [0.2, 0.001, 0.04, 0.03, 0.5]
-    adjusted = report.holm(raw)
+    adjusted = report_stats.holm(raw)
     order = sorted(range(len(raw)), key=raw.__getitem__)
     assert all(adjusted[i] >= raw[i] for i in range(len(raw)))
     assert [adjusted[i] for i in order] == sorted(adjusted)
@@ -147,15 +147,15 @@ def test_p_better_counts_wins_and_half_ties_like_mann_whitney_u():
     from scipy import stats
 
     a, b = [1.0, 2.0, 3.0], [2.0, 2.0, 0.0]
-    assert report.p_better(a, b) == pytest.approx(6 / 9)  # 1 beats 0; 2 ties 2, 2 and beats 0; 3 beats all
-    assert report.p_better(a, b, sign=-1) == pytest.approx(3 / 9)  # lower is better (MSE)
+    assert report_stats.p_better(a, b) == pytest.approx(6 / 9)  # 1 beats 0; 2 ties 2, 2 and beats 0; 3 beats all
+    assert report_stats.p_better(a, b, sign=-1) == pytest.approx(3 / 9)  # lower is better (MSE)
     u = stats.mannwhitneyu(a, b, alternative="two-sided").statistic
-    assert report.p_better(a, b) == pytest.approx(u / 9)
-    low, high = report.p_better_ci(a, b)
+    assert report_stats.p_better(a, b) == pytest.approx(u / 9)
+    low, high = report_stats.p_better_ci(a, b)
     assert 0 <= low <= 6 / 9 <= high <= 1
-    assert report.p_better_ci([0.9, 0.91, 0.92], [0.5, 0.51, 0.52]) == (1.0, 1.0)  # always wins
-    assert report.mann_whitney([0.9, 0.91, 0.92, 0.93, 0.94], [0.5, 0.51, 0.52, 0.53, 0.54]) == pytest.approx(2 / 252)
-    assert report.mann_whitney([0.5, 0.5], [0.5, 0.5]) == 1.0
+    assert report_stats.p_better_ci([0.9, 0.91, 0.92], [0.5, 0.51, 0.52]) == (1.0, 1.0)  # always wins
+    assert report_stats.mann_whitney([0.9, 0.91, 0.92, 0.93, 0.94], [0.5, 0.51, 0.52, 0.53, 0.54]) == pytest.approx(2 / 252)
+    assert report_stats.mann_whitney([0.5, 0.5], [0.5, 0.5]) == 1.0
 
 
 def depth_sweep(tmp_path, scores: dict, cells=("gru",)):
@@ -180,11 +180,11 @@ def test_report_compares_each_depth_with_the_shallowest_holm_over_every_comparis
     by = {(r["cell"], r["layers"]): r for r in rows}
     three = by[("gru", "3")]
     assert (three["n"], three["reference_n"]) == ("3", "3")  # the failed seed is not a score
-    expected = report.welch([0.50, 0.51, 0.52], [0.805, 0.81, 0.815])
+    expected = report_stats.welch([0.50, 0.51, 0.52], [0.805, 0.81, 0.815])
     assert float(three["diff"]) == pytest.approx(-0.30) and float(three["welch_p"]) == pytest.approx(expected["p"])
     raw = [float(by[(c, k)]["welch_p"]) for c in ("gru", "lstm") for k in ("2", "3")]
     assert [float(by[(c, k)]["welch_p_holm"]) for c in ("gru", "lstm") for k in ("2", "3")] == \
-        pytest.approx(report.holm(raw))  # 4 tests: the n = 1 depth 4 takes no part
+        pytest.approx(report_stats.holm(raw))  # 4 tests: the n = 1 depth 4 takes no part
     assert three["verdict"] == "3 layers worse" and float(three["p_better"]) == 0.0
     assert by[("gru", "2")]["verdict"] == "equivalent (within ±0.02)"  # CI inside +-2 points
     assert by[("gru", "4")]["verdict"] == "no test (n < 2)" and by[("gru", "4")]["welch_p"] == ""

@@ -15,7 +15,7 @@ import torch
 from conftest import CodePayload, compose_config, tiny_overrides
 from stacked_rnn import predict, train
 from stacked_rnn.checkpoint import load
-from stacked_rnn.data import IMDBDataModule
+from stacked_rnn.tasks.imdb import IMDBDataModule
 from stacked_rnn.model import CELLS, StackedRNNClassifier
 
 
@@ -85,7 +85,7 @@ def test_checkpoint_is_plain_and_loads_weights_only(tiny_archive, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.cell=transformer", "model.cell='transformer' is not allowed: expected one of ('rnn', 'lstm', 'gru')"),
+    ("model.cell=transformer", "model.cell='transformer' is not allowed: expected one of ('rnn', 'lstm', 'gru', 'mingru', 'minlstm')"),
     ("model.layers=0", "model.layers=0 is not allowed: expected an integer >= 1"),
     ("model.layers=true", "model.layers=True is not allowed: expected an integer >= 1"),
     ("model.units=0", "model.units=0 is not allowed: expected an integer >= 1"),

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from stacked_rnn.data import to_device_keeping_lengths
+from stacked_rnn.tasks.batches import to_device_keeping_lengths
 
 BASELINE_MSE = 1 / 6  # Var(U1 + U2) for two independent U(0, 1): the MSE of always predicting 1
 
@@ -31,12 +31,12 @@ def make_adding(n: int, length: int, generator: torch.Generator) -> TensorDatase
 
 class AddingDataModule(L.LightningDataModule):
     """Seeded train/val/test sets of the adding problem, in the (inputs, lengths, targets) batch shape that
-    StackedRNNClassifier reads. input_dim, task, metric and metric_mode are not settings: they describe the
-    task to the model (model.input_dim, model.task) and to the checkpoint callback (val/mse, min)."""
+    StackedRNNClassifier reads. input_dim, task, metric, metric_mode and chance are not settings: they describe the
+    task to the model (model.input_dim, model.task), the checkpoint callback (val/mse, min) and the report."""
 
     def __init__(self, length: int = 100, train_size: int = 10000, val_size: int = 1000, test_size: int = 1000,
                  batch_size: int = 64, eval_batch_size: int = 500, seed: int = 0, input_dim: int = 2,
-                 task: str = "regress", metric: str = "mse", metric_mode: str = "min"):
+                 task: str = "regress", metric: str = "mse", metric_mode: str = "min", chance: float = BASELINE_MSE):
         super().__init__()
         for key, value, ok, allowed in [
             ("data.length", length, isinstance(length, int) and length >= 2, "an integer >= 2"),
@@ -48,6 +48,7 @@ class AddingDataModule(L.LightningDataModule):
             ("data.task", task, task == "regress", "regress"),
             ("data.metric", metric, metric == "mse", "mse"),
             ("data.metric_mode", metric_mode, metric_mode == "min", "min"),
+            ("data.chance", chance, abs(chance - BASELINE_MSE) < 1e-3, f"{BASELINE_MSE:.5f} (the MSE of predicting 1)"),
         ]:
             if not ok:
                 raise ValueError(f"{key}={value!r} is not allowed: expected {allowed}")

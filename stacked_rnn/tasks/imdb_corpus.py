@@ -3,7 +3,7 @@ tokenise, and cache the ids.
 
 Data flows one way: source (download | archive | folder) -> raw reviews (read straight from the
 archive) -> train/val/test split -> token ids (vocabulary from the training split only), tokenised in
-parallel and cached on disk as one .npz. stacked_rnn.data serves them as batches.
+parallel and cached on disk as one .npz. stacked_rnn.tasks.imdb serves them as batches.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stacked_rnn.tasks.batches import PAD_ID
+
 IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 PAD, UNK = "<pad>", "<unk>"
-PAD_ID, UNK_ID = 0, 1
+UNK_ID = PAD_ID + 1  # the vocabulary opens with <pad> (id 0, what collate pads with), then <unk>
 SPLIT_DIRS = ("train/pos", "train/neg", "test/pos", "test/neg")
 URL_FILES = ("train/urls_pos.txt", "train/urls_neg.txt")  # line i: the IMDb page of the movie of review <i>_*.txt
 VAL_SPLITS = ("movie", "random")
