@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load, run_folder
+from stacked_rnn.encoding import encode_text, text_tokens
 from stacked_rnn.loggers import has_tensorboard, tensorboard_of
+from stacked_rnn.tasks.batches import truncate_ids
 
 WEIGHT_RE = re.compile(r"weight_(ih|hh)_l(\d+)(_reverse)?$")
 
@@ -196,7 +198,7 @@ def depth_time_grid(model, ids: torch.Tensor, value: str = "norm") -> torch.Tens
         return stacked.norm(dim=-1)
     with torch.no_grad():
         logits = model.classifier(model.head_norm(stacked))  # (layers, T, outputs)
-        if model.hparams.task == "tag":  # the head's confidence in the class it would name at each step
+        if model.kind.per_step:  # tag, lm: the head's confidence in the class (character) it would name at each step
             return logits.softmax(-1).amax(-1)  # (layers, T)
         return torch.sigmoid(logits.squeeze(-1))  # (layers, T)
 
@@ -214,7 +216,7 @@ def plot_grid(grid: torch.Tensor, tokens: list[str], value: str, title: str):
                       **({} if value == "norm" else {"vmin": 0.0, "vmax": 1.0}), interpolation="nearest")
     ax.set_yticks(range(layers), [f"layer {k}" for k in reversed(range(layers))])
     ax.set_xticks(range(steps), tokens, rotation=90, fontsize=7)
-    fig.colorbar(image, ax=ax, pad=0.01, label="|h_t|" if value == "norm" else "P(positive)")
+    fig.colorbar(image, ax=ax, pad=0.01, label="|h_t|" if value == "norm" else "P(positive) or max P(class)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -242,9 +244,6 @@ def grid_parser() -> RunParser:
 
 def grid_main(argv: list[str] | None = None) -> int:
     """Draw the depth x time grid of one review: save a PNG and log it to the run's TensorBoard, if it has one."""
-    from stacked_rnn.predict import encode_text, text_tokens
-    from stacked_rnn.tasks.batches import truncate_ids
-
     parser = grid_parser()
     try:
         args = parser.parse_args(argv)
@@ -260,6 +259,7 @@ def grid_main(argv: list[str] | None = None) -> int:
     words = truncate_ids(text_tokens(args.text, data_state) or ["<unk>"], max_tokens, data_state["truncate"])
     known = set(data_state["vocab"])
     tokens = [w if w in known else f"{w}(?)" for w in words]  # (?) marks out-of-vocabulary
+    tokens = [{" ": "\u2423", "\n": "\u23ce"}.get(t, t) for t in tokens]  # characters: a space and a newline shown
     value = args.value
     grid = depth_time_grid(model, ids, value)
     hp = model.hparams

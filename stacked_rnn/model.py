@@ -4,9 +4,10 @@ linear.
 With residual=true (or norm=layer) the stack is k single-layer modules run one at a time, each layer from the second
 on adding its input to its output (GNMT's skip connections); norm=layer puts a LayerNorm in front of every layer and
 of the head (with residual=true: the pre-norm block of Feng et al. 2024). With input_dim > 0 the RNN reads
-real-valued features (B, T, input_dim) instead of embedded token ids. The task, as the data group describes it,
-chooses the head: classify (one logit per sequence, BCE), regress (one value, MSE) or tag (num_classes logits at
-every step, cross-entropy on the steps whose target is not IGNORE).
+real-valued features (B, T, input_dim) instead of embedded token ids. The task kind, as the data group describes it,
+chooses the head, loss, scores and predictions (stacked_rnn.task_kinds): classify (one logit per sequence, BCE),
+regress (one value, MSE), tag (num_classes logits at every step) or lm (the next token at every step, bits per
+character).
 
 Layer L at step t reads layer L-1 at step t and itself at step t-1: the depth x time grid lives
 inside the fused cuDNN/ATen kernel. Pooling reads only each review's real steps, so the "last"
@@ -21,10 +22,9 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MulticlassExactMatch
 
 from stacked_rnn.cells import MinGRU, MinLSTM
-from stacked_rnn.tasks.batches import IGNORE
+from stacked_rnn.task_kinds import TASK_KINDS, TASK_METRICS, TASKS  # noqa: F401 (TASKS, TASK_METRICS: public here too)
 
 CELL_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU, "mingru": MinGRU, "minlstm": MinLSTM}
 CELLS = tuple(CELL_MODULES)
@@ -33,8 +33,6 @@ INITS = ("torch", "keras", "identity")
 LR_SCHEDULES = ("constant", "cosine")
 PACKING = ("auto", "always", "never")
 NORMS = ("none", "layer")
-TASKS = ("classify", "regress", "tag")
-TASK_METRICS = {"classify": ("acc",), "regress": ("mse",), "tag": ("token_acc", "exact_match")}  # logged per stage
 # per layer and direction: weight blocks, whether they also read h_{t-1} (H x H each), bias vectors per block
 GATES = {"rnn": (1, True, 2), "lstm": (4, True, 2), "gru": (3, True, 2),  # tanh | i, f, g, o | r, z, n
          "mingru": (2, False, 1), "minlstm": (3, False, 1)}  # z, h~ | f, i, h~: the gates read x_t only
@@ -75,7 +73,7 @@ def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidir
 
 
 class StackedRNNClassifier(L.LightningModule):
-    """A classifier (or regressor, or tagger: the data's task) over a stack of `layers` recurrent layers of `units`
+    """A classifier (or regressor, tagger or language model: the data's task kind) over a stack of `layers` recurrent layers of `units`
     each. With `param_budget` the width is chosen instead (units_for_budget) and `units` is ignored; hparams.units
     holds the width used."""
 
@@ -109,7 +107,13 @@ class StackedRNNClassifier(L.LightningModule):
             raise ValueError("pack='never' with bidirectional=True: the backward direction would start on each "
                              "review's padding instead of its last real token. Use pack='auto' or 'always' "
                              "(a bidirectional stack always packs)")
-        outputs = num_classes if task == "tag" else 1
+        if task not in TASK_KINDS:
+            raise ValueError(f"task={task!r} is not a task kind: expected one of {TASKS}")
+        if bidirectional and task == "lm":
+            raise ValueError("bidirectional=True with task='lm': the backward direction would read the very "
+                             "characters the model has to predict")
+        self.kind = TASK_KINDS[task]  # head width, loss, scores, predictions: stacked_rnn.task_kinds
+        outputs = self.kind.outputs(num_classes, num_tokens)
         if param_budget is not None:  # equal-parameter comparisons: the width follows from the budget
             units = units_for_budget(param_budget, cell, layers, input_dim or embed_dim, bidirectional, outputs, norm)
         self.save_hyperparameters(logger=False)  # plain ints/floats/strs: checkpoints load with weights_only=True
@@ -134,22 +138,13 @@ class StackedRNNClassifier(L.LightningModule):
         self.layer_dropout = nn.Dropout(dropout)  # between layers, when they run one at a time
         # not for regression: in front of a regression head, dropped features are noise on the predicted value itself
         # (data=adding with head dropout 0.2: an LSTM at T=100 stays at the baseline MSE 0.16 for 3,000 steps; 0.02 without)
-        self.head_dropout = nn.Dropout(head_dropout if task != "regress" else 0.0)
+        self.head_dropout = nn.Dropout(head_dropout if self.kind.head_dropout else 0.0)
         self.classifier = nn.Linear(width, outputs)
         if init in ("keras", "identity"):
             self.keras_init(recurrent_init=nn.init.eye_ if init == "identity" else nn.init.orthogonal_)
 
-        # validate_args=False: the checks read values on the host, a GPU sync at every step
-        if task == "tag":  # token accuracy and exact match over the scored steps, IGNORE left out
-            def scores():
-                return nn.ModuleDict({
-                    "token_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE,
-                                                    validate_args=False),
-                    "exact_match": MulticlassExactMatch(num_classes, ignore_index=IGNORE, validate_args=False)})
-        else:
-            def scores():
-                return nn.ModuleDict({"acc": BinaryAccuracy(validate_args=False)} if task == "classify" else {})
-        self.val_scores, self.test_scores = scores(), scores()
+        self.val_scores, self.test_scores = self.kind.scores(num_classes), self.kind.scores(num_classes)
+        self.stream_state = None  # task=lm: the state carried across the evaluation stream's consecutive windows
         self.train_sums: torch.Tensor | None = None  # (3,) on the device: this epoch's sum of loss*B, hits, scored
         self.train_count = 0  # sequences seen this epoch
 
@@ -197,6 +192,8 @@ class StackedRNNClassifier(L.LightningModule):
         for small hidden sizes (unpacked input only) and needs no lengths on the host."""
         if self.hparams.bidirectional or self.hparams.pack == "always":
             return True
+        if self.kind.name == "lm":  # every window is full length: nothing to pack
+            return False
         return self.hparams.pack == "auto" and ids.is_cuda
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
@@ -238,6 +235,28 @@ class StackedRNNClassifier(L.LightningModule):
             return self.head_norm(self.run_layers(x, lengths, self.stack)[-1])
         return self.run_module(self.rnn, x, lengths)  # (B, T, D*H)
 
+    def run_rnn_with_state(self, ids: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
+        """Top-layer outputs (B, T, D*H) of full-length ids (B, T) started from `state` (None: zeros), and the state
+        after the last step (the fused module's h_n, (h_n, c_n) for an LSTM, or one per layer for a stack run
+        layer by layer), detached: the language model's evaluation stream and generation carry it on."""
+        x = self.inputs(ids)  # (B, T, E)
+        if self.stack is None:
+            out, state = self.rnn(x, state)
+            return out, tree_detach(state)
+        states, outputs = [], []
+        for k, layer in enumerate(self.stack):
+            inp = x if k == 0 else self.layer_dropout(outputs[-1])
+            read = self.norms[k](inp) if self.norms is not None else inp
+            out, layer_state = layer(read, None if state is None else state[k])  # (B, T, D*H)
+            outputs.append(out + inp if self.hparams.residual and k > 0 else out)
+            states.append(tree_detach(layer_state))
+        return self.head_norm(outputs[-1]), states
+
+    def forward_with_state(self, ids: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
+        """Per-step logits (B, T, C) of full-length ids from `state`, and the state after the last step."""
+        out, state = self.run_rnn_with_state(ids, state)
+        return self.classifier(self.head_dropout(out)), state
+
     def last_state(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A layer's final hidden state (B, D*H) from its outputs (B, T, D*H), as the fused module's h_n holds
         it: the forward direction at the real last token, the backward direction at step 0. Gathered on the device:
@@ -261,28 +280,19 @@ class StackedRNNClassifier(L.LightningModule):
         return out.masked_fill(~real, float("-inf")).amax(1)  # (B, D*H)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) of the positive class (the value itself for task=regress); for task=tag, logits (B, T, C)
-        at every step."""
-        if self.hparams.task == "tag":
+        """Logits (B,) of the positive class (the value itself for task=regress); for task=tag and lm, logits
+        (B, T, C) at every step."""
+        if self.kind.per_step:
             return self.classifier(self.head_dropout(self.run_rnn(ids, lengths)))  # (B, T, C)
         return self.classifier(self.head_dropout(self.encode(ids, lengths))).squeeze(-1)  # (B,)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """BCE on the logits (B,), MSE on the prediction itself (task=regress), or cross-entropy over the scored steps
-        of (B, T, C) against class ids (B, T) (task=tag, IGNORE left out); in float32 under bf16."""
-        if self.hparams.task == "tag":
-            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-        fn = F.mse_loss if self.hparams.task == "regress" else F.binary_cross_entropy_with_logits
-        return fn(logits.float(), targets)
+        """The task kind's loss, in float32 under bf16."""
+        return self.kind.loss(logits, targets)
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(right answers, answers scored) in this batch, on the device: sequences (classify), scored steps (tag)."""
-        if self.hparams.task == "tag":
-            scored = targets != IGNORE  # (B, T)
-            return (logits.argmax(-1).eq(targets) & scored).sum(), scored.sum()
-        if self.hparams.task == "classify":
-            return (logits > 0).eq(targets.bool()).sum(), targets.new_tensor(len(targets))
-        return logits.new_zeros(()), logits.new_ones(())
+        return self.kind.hits(logits, targets)
 
     def training_step(self, batch, batch_idx):
         """Loss and accuracy are summed on the device and handed to self.log only every log_every_n_steps steps
@@ -307,40 +317,29 @@ class StackedRNNClassifier(L.LightningModule):
             return
         loss_sum, hits, scored = self.train_sums
         self.log(f"train/{self.loss_name}_epoch", loss_sum / self.train_count, sync_dist=True)
-        if self.hparams.task != "regress":
-            self.log(f"train/{TASK_METRICS[self.hparams.task][0]}", hits / scored, sync_dist=True)
+        if self.kind.scores_in_training:
+            self.log(f"train/{self.kind.metrics[0]}", hits / scored, sync_dist=True)
 
     @property
     def loss_name(self) -> str:
-        return "mse" if self.hparams.task == "regress" else "loss"
+        return self.kind.loss_name
 
-    def _eval_step(self, batch, stage: str, scores: nn.ModuleDict) -> None:
-        ids, lengths, targets = batch
-        logits = self(ids, lengths)
-        loss = self.loss(logits, targets)
-        # sync_dist: under DDP the epoch value is the mean over all ranks, so every rank picks the same best checkpoint
-        self.log(f"{stage}/{self.loss_name}", loss, on_epoch=True, prog_bar=True, batch_size=len(targets),
-                 sync_dist=True)
-        for name, score in scores.items():  # torchmetrics: summed over the epoch, synced across ranks
-            if self.hparams.task == "tag":
-                score(logits.detach().transpose(1, 2), targets)  # (B, C, T) against (B, T)
-            else:
-                score(logits.detach(), targets.long())
-            self.log(f"{stage}/{name}", score, on_epoch=True, prog_bar=True, batch_size=len(targets))
+    def _eval_step(self, batch, batch_idx: int, stage: str, scores: nn.ModuleDict, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0:
+            self.stream_state = None  # task=lm: the stream starts afresh at every evaluation
+        self.kind.eval_step(self, batch, stage, scores, dataloader_idx)
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_scores)
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self._eval_step(batch, batch_idx, "val", self.val_scores, dataloader_idx)
 
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_scores)
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self._eval_step(batch, batch_idx, "test", self.test_scores, dataloader_idx)
 
     def predict_step(self, batch, batch_idx):
-        """Positive-class probabilities (B,), predicted values (regress), or class ids (B, T) at every step (tag)."""
-        ids, lengths, _ = batch
-        out = self(ids, lengths).float()
-        if self.hparams.task == "tag":
-            return out.argmax(-1)
-        return out if self.hparams.task == "regress" else torch.sigmoid(out)
+        """Positive-class probabilities (B,), predicted values (regress), class ids (B, T) at every step (tag), or
+        bits per character of each sequence (lm): the task kind's prediction."""
+        ids, lengths, targets = batch
+        return self.kind.predict(self(ids, lengths).float(), targets)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -366,3 +365,10 @@ class StackedRNNClassifier(L.LightningModule):
     def stack_params(self) -> int:
         """Parameters of the recurrent stack and the head: what model.param_budget holds fixed."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("embedding."))
+
+
+def tree_detach(state):
+    """A recurrent state (a tensor, an LSTM's (h, c), or a list of them per layer) cut from the graph."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(tree_detach(s) for s in state)

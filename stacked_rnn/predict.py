@@ -1,4 +1,6 @@
-"""Print the positive-sentiment probability of texts with a trained checkpoint (examples: EXAMPLES, or --help).
+"""Print what a trained checkpoint makes of texts (examples: EXAMPLES, or --help): the positive-sentiment
+probability (classify), the class at every step (tag), or the bits per character a language model needs for each
+text (lm: every character predicted from the ones before it).
 
 The checkpoint is loaded by stacked_rnn.checkpoint (weights only, never a class named inside the file); its
 vocabulary and truncation settings are the ones used in training.
@@ -12,12 +14,11 @@ from pathlib import Path
 
 import torch
 
-import numpy as np
-
 from stacked_rnn.checkpoint import CheckpointError, RunParser, UsageError, at_least, find_checkpoint, load
+from stacked_rnn.encoding import encode_text, text_tokens  # noqa: F401 (text_tokens: its old public home)
 from stacked_rnn.model import StackedRNNClassifier
-from stacked_rnn.tasks.batches import collate, truncate_ids
-from stacked_rnn.tasks.imdb_corpus import UNK_ID, decode_review, tokenise
+from stacked_rnn.tasks.batches import IGNORE, collate
+from stacked_rnn.tasks.imdb_corpus import decode_review
 
 USAGE = '%(prog)s ckpt=PATH [text="..." | file=PATH | (lines on stdin)] [batch_size=256]'
 EXAMPLES = """\
@@ -28,7 +29,8 @@ EXAMPLES = """\
 
 def build_parser() -> RunParser:
     parser = RunParser("python -m stacked_rnn.predict", USAGE, "Print the positive-sentiment probability of each "
-                       "text (a tab, then the text) with a trained checkpoint.", EXAMPLES)
+                       "text (a tab, then the text) with a trained checkpoint; for a language model, the bits per "
+                       "character of each text (python -m stacked_rnn.generate writes text).", EXAMPLES)
     parser.add_key("text", "one text to score", metavar='"..."')
     parser.add_key("file", "a file of texts, one per line (without text= or file=: lines on stdin)", metavar="PATH")
     parser.add_key("batch_size", "texts per forward pass (default: %(default)s)", type=at_least(1), default=256,
@@ -36,43 +38,36 @@ def build_parser() -> RunParser:
     return parser
 
 
-def text_tokens(text: str, data_state: dict) -> list[str]:
-    """The tokens of a text as the model's task tokenised its data: IMDB's words (lowercase, ! and ?), or, for the
-    generated tasks (data_state tokenizer=whitespace), every whitespace-separated token, punctuation and markers
-    included."""
-    if data_state.get("tokenizer", "words") == "whitespace":
-        return text.lower().split()
-    return tokenise(text)
-
-
-def encode_text(text: str, data_state: dict) -> np.ndarray:
-    """Token ids (T,) of one text, cut as in training; unknown tokens map to id 1 (<unk>), an empty text to one."""
-    stoi = {word: i for i, word in enumerate(data_state["vocab"])}
-    ids = np.asarray([stoi.get(token, UNK_ID) for token in text_tokens(text, data_state)] or [UNK_ID], dtype=np.int64)
-    return truncate_ids(ids, data_state["max_len"], data_state["truncate"])
-
-
 @torch.no_grad()
 def predict(model: StackedRNNClassifier, data_state: dict, texts: list[str], batch_size: int = 256) -> list:
     """Positive-class probability of each text (empty texts score as a single unknown word); for task=tag, the
-    predicted class name at every step. data_state is what turns text into the training ids: a checkpoint's data
+    predicted class name at every step; for task=lm, bits per character of each text (its characters from the second
+    on, each predicted from those before it; nan for a text of one character). data_state is what turns text into the training ids: a checkpoint's data
     module entry (stacked_rnn.checkpoint.data_state_of), or the data module's state_dict(). Runs in eval mode (no
     dropout) on the model's device, whatever mode the model was in (and leaves it so)."""
     if not data_state.get("vocab"):
         raise CheckpointError("this model reads real-valued features, not text (e.g. data=adding): predict has no "
                               "vocabulary to encode text with")
-    encoded = [encode_text(t, data_state) for t in texts]
+    lm = model.hparams.task == "lm"
+    encoded = [encode_text(t, data_state, truncate=not lm) for t in texts]  # a language model reads texts whole
     was_training, out = model.training, []
     model.eval()
     try:
         for start in range(0, len(encoded), batch_size):
-            ids, lengths, _ = collate([(x, 0) for x in encoded[start : start + batch_size]])
-            scores = model(ids.to(model.device), lengths).float().cpu()
-            if model.hparams.task == "tag":  # (B, T, C): the class named at each real step
-                classes = data_state.get("classes") or [str(c) for c in range(scores.shape[-1])]
-                out += [[classes[c] for c in row[:n].tolist()] for row, n in zip(scores.argmax(-1), lengths.tolist())]
+            chunk = encoded[start : start + batch_size]
+            ids, lengths, _ = collate([(x[:-1] if lm and len(x) > 1 else x, 0) for x in chunk])
+            targets = None
+            if lm:  # the next character at every real step, IGNORE on padding (and for a one-character text)
+                targets = torch.full_like(ids, IGNORE)
+                for row, x in enumerate(chunk):
+                    targets[row, : len(x) - 1] = torch.from_numpy(x[1:])
+                targets = targets.to(model.device)
+            scores = model.kind.predict(model(ids.to(model.device), lengths).float(), targets).cpu()
+            if model.hparams.task == "tag":  # (B, T): the class named at each real step
+                classes = data_state.get("classes") or [str(c) for c in range(model.hparams.num_classes)]
+                out += [[classes[c] for c in row[:n].tolist()] for row, n in zip(scores, lengths.tolist())]
             else:
-                out += torch.sigmoid(scores).tolist()
+                out += [float("nan") if lm and len(x) < 2 else value for x, value in zip(chunk, scores.tolist())]
     finally:
         model.train(was_training)
     return out

@@ -36,7 +36,8 @@ from stacked_rnn.callbacks import (ExactResume, History, SaveForResume, StopOnNo
 from stacked_rnn.tasks.batches import TRUNCATE_CHOICES
 from stacked_rnn.tasks.imdb_corpus import VAL_SPLITS, DataError
 from stacked_rnn.loggers import MLFLOW_INSTALL, complete_mlflow, log_run_files, mlflow_installed, needs_mlflow, where
-from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, NORMS, PACKING, POOLS, TASK_METRICS, TASKS, units_for_budget
+from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, NORMS, PACKING, POOLS, units_for_budget
+from stacked_rnn.task_kinds import TASK_METRICS, TASKS
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
@@ -125,6 +126,9 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
     check_param_budget(cfg)
+    if m.bidirectional is True and task == "lm":
+        raise ConfigError("model.bidirectional=true is not allowed with a language model (data.task=lm): the "
+                          "backward direction would read the characters the model has to predict")
     if m.bidirectional is True and m.pack == "never":
         raise ConfigError("model.pack='never' is not allowed with model.bidirectional=true: the backward direction "
                           "would start on each review's padding; use model.pack=auto or always (a bidirectional "
@@ -155,6 +159,9 @@ def check_param_budget(cfg: DictConfig) -> None:
         raise ConfigError(f"model.param_budget={budget!r} and model.units={m.units!r} were both set: the budget "
                           "chooses the units of each depth, so set one of them (drop model.units, or set "
                           "model.param_budget=null)")
+    if m.get("task") == "lm":  # the head's width is the vocabulary, known once the data is read: the model checks
+        m.param_budget = int(budget)
+        return
     try:
         outputs = m.get("num_classes") if m.get("task") == "tag" else 1
         units_for_budget(int(budget), m.cell, m.layers, m.get("input_dim") or m.embed_dim, m.bidirectional, outputs,
@@ -375,7 +382,12 @@ def run(cfg: DictConfig) -> dict:
     # the start depends on the seed alone (nothing above draws from torch's generator, so this changes no run): the
     # probe rebuilds it as its untrained control (stacked_rnn.probe.initial_model; tests/test_probe.py checks)
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
+    try:
+        model = instantiate(cfg.model, num_tokens=datamodule.num_tokens)
+    except InstantiationException as err:  # e.g. a param_budget too small for a language model's vocabulary-wide head
+        if isinstance(err.__cause__, ValueError):
+            raise ConfigError(f"model.{err.__cause__}") from err
+        raise
     cfg.model.units = model.hparams.units  # the width in use (chosen by model.param_budget when set), as recorded
     if ckpt_path:
         check_resumable(ckpt_path, model)
@@ -396,7 +408,8 @@ def run(cfg: DictConfig) -> dict:
         if cfg.test_after_fit:  # every DDP rank tests (a collective); rank 0 records
             tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint else None,
                                   verbose=False, weights_only=True)
-            test_scores = {name.split("/", 1)[1]: value for name, value in tested[0].items() if name.startswith("test/")}
+            test_scores = {name.split("/", 1)[1]: value for loader in tested for name, value in loader.items()
+                           if name.startswith("test/")}  # a language model tests on two loaders (stream, windows)
             test_score = test_scores[metric]
     except SystemExit as err:  # Lightning exits this way after SIGTERM (and our Ctrl-C) or a second Ctrl-C
         if not trainer.interrupted:
@@ -409,7 +422,8 @@ def run(cfg: DictConfig) -> dict:
         "status": "ok",
         "metric": metric,
         "metric_mode": cfg.data.get("metric_mode", "max"),  # max: higher is better
-        "chance": cfg.data.get("chance"),  # the score of the trivial answer, as the task states it (null: none given)
+        # the score of the trivial answer, as the task states it (null: none given; lm: log2 of its vocabulary)
+        "chance": cfg.data.get("chance") if cfg.data.get("chance") is not None else getattr(datamodule, "chance", None),
         f"test_{metric}": test_score,
         f"best_val_{metric}": float(best_val) if best_val is not None else None,
         **{f"test_{name}": value for name, value in test_scores.items() if name != metric},  # the task's other scores
@@ -421,7 +435,7 @@ def run(cfg: DictConfig) -> dict:
         "epochs": epochs,
         "best_epoch": best_epoch(history, metric, cfg.data.get("metric_mode", "max")),
         "seconds_per_epoch": round(train_seconds / max(epochs, 1), 2),
-        "train_samples_per_second": round(epochs * len(datamodule.datasets["train"]) / train_seconds, 1),
+        "train_samples_per_second": round(epochs * samples_per_epoch(datamodule) / train_seconds, 1),
         "data_seconds": round(data_seconds, 2),  # fetch + tokenise (cold) or read the token cache (warm)
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
@@ -439,6 +453,11 @@ def run(cfg: DictConfig) -> dict:
     log_run_files(trainer.loggers, output_dir)  # MLflow: results.json and the figures, now that they are written
     print_summary(results, output_dir, where(trainer.loggers))
     return results
+
+
+def samples_per_epoch(datamodule) -> int:
+    """Training sequences per epoch: the training set, or the windows a language model draws per epoch."""
+    return getattr(datamodule, "samples_per_epoch", None) or len(datamodule.datasets["train"])
 
 
 def best_epoch(history: list[dict], metric: str, mode: str = "max") -> int | None:
