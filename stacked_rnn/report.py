@@ -30,8 +30,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from stacked_rnn.report_plots import plot_against_depth, plot_convergence, pyplot
-from stacked_rnn.report_stats import (EQUIVALENCE_MARGIN, by_config, compare_depths, metric_label, short, size_of,
-                                      tuned, varied_tune_keys)
+from stacked_rnn.report_stats import (EQUIVALENCE_MARGIN, LOWER_IS_BETTER_MARGINS, by_config, compare_depths,
+                                      metric_label, short, size_of, tuned, varied_tune_keys)
 from stacked_rnn.report_tables import (COMPARE_COLUMNS, ci_table, columns, compare_table, config_columns,
                                        markdown_table, tuned_columns, write_csv)
 
@@ -129,7 +129,7 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFA
         raise FileNotFoundError(f"{sweep_dir} holds no job folders (no */results.json nor */.hydra/config.yaml)")
     metric, sign = metric_of(rows)
     label = metric_label(metric)
-    margin = (EQUIVALENCE_MARGIN if sign > 0 else None) if margin is None else margin
+    margin = (EQUIVALENCE_MARGIN if sign > 0 else LOWER_IS_BETTER_MARGINS.get(metric)) if margin is None else margin
     chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
     configs = by_config(rows, metric)
     tuning = varied_tune_keys(rows, tune_keys)

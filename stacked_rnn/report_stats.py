@@ -9,8 +9,10 @@ import math
 import statistics
 
 SEED_KEYS = ("seed",)  # the short (folder-name) key of the run seed: jobs differing only in it are repeats
-METRIC_LABELS = {"acc": "accuracy", "mse": "MSE", "token_acc": "token accuracy", "exact_match": "exact-match rate"}
+METRIC_LABELS = {"acc": "accuracy", "mse": "MSE", "token_acc": "token accuracy", "exact_match": "exact-match rate",
+                 "bpc": "bits per character", "window_nats": "loss on 64-char windows (nats)"}
 EQUIVALENCE_MARGIN = 0.02  # default +-margin of an "equivalent" verdict for a score in [0, 1] where higher is better
+LOWER_IS_BETTER_MARGINS = {"bpc": 0.02}  # the same band for a metric where lower is better: bits per character
 
 
 def metric_label(metric: str) -> str:
