@@ -255,11 +255,11 @@ class PruneOnMetric(PyTorchLightningPruningCallback):
 
     def __init__(self, trial, monitor: str):
         super().__init__(trial, monitor)
-        self.start, self.seconds, self.epochs, self.history = None, 0.0, 0, []
+        self.start, self.seconds, self.epochs, self.history, self.units = None, 0.0, 0, [], None
 
     def on_fit_start(self, trainer, pl_module):
         super().on_fit_start(trainer, pl_module)
-        self.start = time.perf_counter()
+        self.start, self.units = time.perf_counter(), pl_module.hparams.get("units")
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -320,7 +320,7 @@ def run_trial(study, job: dict) -> None:
         state, reason = TrialState.FAIL, f"{type(err).__name__}: {err}".splitlines()[0][:300]
     epochs = results.get("epochs", pruning.epochs)
     seconds = results.get("train_seconds", round(pruning.seconds, 2))
-    for key, value in {"epochs": epochs, "train_seconds": seconds, "units": results.get("units"),
+    for key, value in {"epochs": epochs, "train_seconds": seconds, "units": results.get("units", pruning.units),
                        "folder": str(folder), "reason": reason}.items():
         trial.set_user_attr(key, value)
     if state != TrialState.COMPLETE:
@@ -413,18 +413,18 @@ def run_jobs(fn, jobs: list[dict], n_jobs: int, log_file: Path) -> None:
 # The whole tune
 
 
-def resume_command(run_dir: Path) -> str:
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+def resume_command(run_dir: Path, overrides) -> str:
+    overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
     return shlex.join(["python", "-m", "stacked_rnn.tune", *overrides, f"hydra.run.dir={run_dir}"])
 
 
-def run_tune(cfg: DictConfig) -> Path:
+def run_tune(cfg: DictConfig, run_dir: Path, overrides=("<same overrides>",)) -> Path:
     """Check, search every study to its budget, retrain each best with fresh seeds, write the summary and the
-    report. Returns the run folder."""
+    report into run_dir (`overrides`: the command line's, for the resume command). Returns run_dir."""
     from stacked_rnn.report import write_report
     from stacked_rnn.tune_report import write_tune_report
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir)
     tune = OmegaConf.to_container(cfg.tune, resolve=True)
     space = check_tune(cfg, tune)
     base = base_config(cfg)
@@ -437,7 +437,7 @@ def run_tune(cfg: DictConfig) -> Path:
     train.build_datamodule(run_config(base, {"output_dir": str(run_dir)})).prepare_data()  # once, before any worker
 
     log.info(f"tuning {len(tune['cells']) * len(tune['depths'])} studies x {tune['trials']} trials in {run_dir} "
-             f"(storage {url}); resume or extend with:\n  {resume_command(run_dir)}")
+             f"(storage {url}); resume or extend with:\n  {resume_command(run_dir, overrides)}")
     jobs = []
     for cell in tune["cells"]:
         for depth in tune["depths"]:
@@ -452,7 +452,8 @@ def run_tune(cfg: DictConfig) -> Path:
             jobs.append({"base": base, "tune": tune, "space": space, "cell": cell, "depth": depth, "url": url,
                          "run_dir": str(run_dir), "metric": metric, "direction": direction})
     log_file = run_dir / "tune.log"
-    jobs.sort(key=lambda job: -job["depth"])  # deepest (slowest) first: in parallel, the last to finish are short
+    if tune["n_jobs"] > 1:  # deepest (slowest) first, so that the studies left running at the end are short ones
+        jobs.sort(key=lambda job: -job["depth"])
     run_jobs(drive_study, jobs, tune["n_jobs"], log_file)
 
     storage = open_storage(url)  # fresh: the workers' trials, not this process's cache
@@ -487,14 +488,15 @@ def run_tune(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     """User mistakes exit with code 2 and a one-line message naming the key; Ctrl-C or SIGTERM with 128 + the signal
     number (the interrupted trial counts as failed; rerun in the same folder to go on)."""
+    hydra_cfg = HydraConfig.get()
     try:
-        run_tune(cfg)
+        run_tune(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (train.Interrupted, KeyboardInterrupt) as err:
         print(f"interrupted ({err or 'Ctrl-C'}): rerun the same command with hydra.run.dir="
-              f"{HydraConfig.get().runtime.output_dir} to go on", file=sys.stderr)
+              f"{hydra_cfg.runtime.output_dir} to go on", file=sys.stderr)
         sys.exit(128 + getattr(err, "signum", 2))
 
 

@@ -35,7 +35,7 @@ def study_rows(studies: dict, metric: str, sign: int) -> list[dict]:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: sign * t.value) if complete else None
         rows.append({
-            "cell": cell, "layers": depth, "units": best.user_attrs.get("units") if best else None,
+            "cell": cell, "layers": depth, "units": next((t.user_attrs["units"] for t in spent if t.user_attrs.get("units")), None),
             "trials": len(spent), "complete": len(complete),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
