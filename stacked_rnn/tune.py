@@ -30,9 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from stacked_rnn import train
 from stacked_rnn.callbacks import History, is_int
+from stacked_rnn.report import write_report
 from stacked_rnn.model import CELLS
 from stacked_rnn.tasks.imdb_corpus import DataError
 from stacked_rnn.train import ConfigError, is_number
+from stacked_rnn.tune_report import short_params, write_tune_report
 
 TUNE_INSTALL = 'pip install -e ".[tune]"   (optuna>=4 and optuna-integration>=4)'
 try:
@@ -94,7 +96,8 @@ def check_tune(cfg: DictConfig, tune: dict) -> dict[str, dict]:
     rules = [
         ("tune.cells", cells, isinstance(cells, list) and len(cells) > 0 and all(c in CELLS for c in cells)
          and len(set(cells)) == len(cells), f"a non-empty list of distinct cells from {CELLS}, e.g. [gru,lstm]"),
-        ("tune.depths", depths, isinstance(depths, list) and len(depths) > 0 and all(is_int(d) and d >= 1 for d in depths)
+        ("tune.depths", depths, isinstance(depths, list) and len(depths) > 0
+         and all(is_int(d) and d >= 1 for d in depths)
          and len(set(depths)) == len(depths), "a non-empty list of distinct integers >= 1, e.g. [1,2,3,4]"),
         ("tune.trials", t["trials"], is_int(t["trials"]) and t["trials"] >= 1,
          "an integer >= 1: trials per cell and depth, pruned and failed ones included"),
@@ -326,11 +329,9 @@ def run_trial(study, job: dict) -> None:
     if state != TrialState.COMPLETE:
         write_record(folder, "pruned" if state == TrialState.PRUNED else "failed", reason, metric, pruning, params, cfg)
     study.tell(trial, score if state == TrialState.COMPLETE else None, state=state)
-    shown = " ".join(f"{name.rsplit('.', 1)[-1]}={value:.3g}" if isinstance(value, float) else
-                     f"{name.rsplit('.', 1)[-1]}={value}" for name, value in params.items())
     outcome = f"val {metric} {score:.4f}" if state == TrialState.COMPLETE else reason
     log.info(f"[{study.study_name}] trial {trial.number} ({len(spent_trials(study))}/{tune['trials']}) "
-             f"{state.name}: {outcome} | {shown} | {epochs} epochs, {seconds:.1f} s")
+             f"{state.name}: {outcome} | {short_params(params)} | {epochs} epochs, {seconds:.1f} s")
 
 
 def drive_study(job: dict) -> None:
@@ -421,9 +422,6 @@ def resume_command(run_dir: Path, overrides) -> str:
 def run_tune(cfg: DictConfig, run_dir: Path, overrides=("<same overrides>",)) -> Path:
     """Check, search every study to its budget, retrain each best with fresh seeds, write the summary and the
     report into run_dir (`overrides`: the command line's, for the resume command). Returns run_dir."""
-    from stacked_rnn.report import write_report
-    from stacked_rnn.tune_report import write_tune_report
-
     run_dir = Path(run_dir)
     tune = OmegaConf.to_container(cfg.tune, resolve=True)
     space = check_tune(cfg, tune)
@@ -480,7 +478,8 @@ def run_tune(cfg: DictConfig, run_dir: Path, overrides=("<same overrides>",)) ->
             write_report(run_dir / "final", tune_keys=(), note=f"{note} {search}")
         except Exception as err:  # a report problem must never hide the runs' own results
             log.error(f"final report failed: {err}")
-    log.info(f"summary: {run_dir / 'tune_summary.md'}" + (f"\nreport:  {run_dir / 'final' / 'report.md'}" if finals else ""))
+    report = f"\nreport:  {run_dir / 'final' / 'report.md'}" if finals else ""
+    log.info(f"summary: {run_dir / 'tune_summary.md'}{report}")
     return run_dir
 
 

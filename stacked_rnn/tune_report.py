@@ -34,8 +34,9 @@ def study_rows(studies: dict, metric: str, sign: int) -> list[dict]:
         spent = [t for t in trials if t.state in SPENT]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: sign * t.value) if complete else None
+        units = next((t.user_attrs["units"] for t in spent if t.user_attrs.get("units")), None)  # one per study
         rows.append({
-            "cell": cell, "layers": depth, "units": next((t.user_attrs["units"] for t in spent if t.user_attrs.get("units")), None),
+            "cell": cell, "layers": depth, "units": units,
             "trials": len(spent), "complete": len(complete),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -65,7 +66,8 @@ def plot_best_vs_trials(studies: dict, metric: str, sign: int):
                 if t.state == TrialState.COMPLETE and (best is None or sign * t.value > sign * best):
                     best = t.value
                 ys.append(best if best is not None else float("nan"))
-            ax.step(range(1, len(ys) + 1), ys, where="post", marker="o", ms=3, label=f"{depth} layer{'s' * (depth > 1)}")
+            label = f"{depth} layer{'s' if depth > 1 else ''}"
+            ax.step(range(1, len(ys) + 1), ys, where="post", marker="o", ms=3, label=label)
         ax.set(title=f"cell = {cell}", xlabel="trials spent (pruned and failed included)",
                ylabel=f"best validation {metric}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
