@@ -19,9 +19,8 @@ from stacked_rnn.train import ConfigError
 
 TINY = ["data=synthetic_reviews", "data.levels=1", "data.train_size=32", "data.val_size=32", "data.test_size=32",
         "data.batch_size=16", "data.eval_batch_size=32", "model.embed_dim=8", "model.param_budget=600",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1", "callbacks.gradient_flow=null", "logger=csv",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1", "callbacks.gradient_flow=null", "logger=csv",
         "tune.depths=[1,2]", "tune.trials=3", "tune.final_seeds=0", "tune.pruner=none"]
 
 
