@@ -115,11 +115,12 @@ def parse_reference(value) -> int | None:
 
 
 def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFAULT_TUNE, reference=None,
-                 margin: float | None = None, panels: str | None = None) -> list[dict]:
+                 margin: float | None = None, panels: str | None = None, note: str = "") -> list[dict]:
     """Write report.md, report.csv, report_by_config.csv (report_tuned.csv when tuning keys vary,
     report_compare.csv when seeds repeat) and the PNGs into sweep_dir; returns the per-job rows.
     `reference` is the depth each group is compared against; `margin` the +-band of an "equivalent" verdict;
-    `panels` a swept key (e.g. cell) that gets one panel each in the depth figures."""
+    `panels` a swept key (e.g. cell) that gets one panel each in the depth figures; `note` a paragraph under the
+    title (stacked_rnn.tune: how the configurations were tuned)."""
     sweep_dir = Path(sweep_dir)
     reference = parse_reference(reference)
     if not sweep_dir.is_dir():
@@ -140,7 +141,7 @@ def write_report(sweep_dir: str | Path, tensorboard: bool = True, tune_keys=DEFA
     compared, notes = compare_depths(curves, metric, reference, tuning, margin, sign=sign) if repeated else ([], [])
     first_cols = ("cell", "layers", "units") + (("residual",) if any(c["residual"] for c in configs) else ())
 
-    text = f"# Sweep report: {sweep_dir}\n\n{ok} of {len(rows)} jobs finished.\n\n"
+    text = f"# Sweep report: {sweep_dir}\n\n" + (f"{note}\n\n" if note else "") + f"{ok} of {len(rows)} jobs finished.\n\n"
     if best:
         shown = tuple(short(k) for k in tuning)
         text += (f"## Tuned: best mean validation {metric} over {', '.join(tuning)} (test never chooses)\n\n"

@@ -235,13 +235,14 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> 
     return loggers
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> L.Trainer:
-    """The Lightning Trainer from cfg.trainer, with cfg.callbacks and cfg.logger's loggers."""
+def build_trainer(cfg: DictConfig, output_dir: Path, resuming: bool = False, extra_callbacks=()) -> L.Trainer:
+    """The Lightning Trainer from cfg.trainer, with cfg.callbacks, cfg.logger's loggers and `extra_callbacks`
+    (objects from code, e.g. stacked_rnn.tune's pruning callback)."""
     try:
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     except InstantiationException as err:
         raise ConfigError(f"cannot build callbacks.*: {' '.join(str(err).split())}") from err
-    callbacks += [History(), StopOnNonFiniteLoss(), ExactResume(cfg.seed)]
+    callbacks += [History(), StopOnNonFiniteLoss(), ExactResume(cfg.seed), *extra_callbacks]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = build_loggers(cfg, output_dir, resuming)
@@ -359,8 +360,9 @@ def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
             logger.save()  # CSV: write the row now (Lightning already finalized the logger after testing)
 
 
-def run(cfg: DictConfig) -> dict:
-    """Fit, test and record one configuration. Returns what it writes to results.json."""
+def run(cfg: DictConfig, extra_callbacks=()) -> dict:
+    """Fit, test and record one configuration. Returns what it writes to results.json. `extra_callbacks` go to the
+    Trainer as they are (stacked_rnn.tune's pruning callback: the optuna.TrialPruned it raises leaves run() as is)."""
     check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg) or requeued_checkpoint(cfg)
     if is_multirun():
@@ -371,7 +373,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)  # the task checks its own settings here, before any work
     # before the data work, so that trainer.* and logger.* mistakes surface at once
-    trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None)
+    trainer = build_trainer(cfg, output_dir, resuming=ckpt_path is not None, extra_callbacks=extra_callbacks)
 
     data_start = time.perf_counter()
     datamodule.prepare_data()

@@ -1,6 +1,7 @@
 """The README's commands work, on a tiny generated archive: the quick start runs end to end as written (the
 real archive swapped for the tiny one, small sizes added), every other `stacked_rnn.train` command in the README
-trains (one job of a sweep) or at least composes where it needs Slurm, a GPU or several processes, the README's
+trains (one job of a sweep) or at least composes where it needs Slurm, a GPU or several processes, each
+`stacked_rnn.tune` command runs one trial per study and one final seed, the README's
 test commands are the ones .ci/run runs, and every relative link and image in README.md and docs/ resolves."""
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ COPY_TINY = {"data.length": "10", "data.num_tokens_to_copy": "2", "data.train_si
              "data.test_size": "32", "data.batch_size": "16", "model.units": "8"}
 GENERATED = {"adding": ADDING_TINY, "adding_sweep": ADDING_TINY, "synthetic_reviews": HIERARCHY_TINY,
              "hierarchy_study": HIERARCHY_TINY, "selective_copy": COPY_TINY, "copy_study": COPY_TINY}
+TUNE_TINY = {"tune.depths": "[1]", "tune.trials": "1", "tune.final_seeds": "1", "tune.n_jobs": "1"}
 TRAINER_TINY = {"trainer.max_epochs": "1", "trainer.accelerator": "cpu", "trainer.enable_progress_bar": "false",
                 "trainer.enable_model_summary": "false", "trainer.log_every_n_steps": "1"}
 
@@ -147,6 +149,19 @@ def run_module(argv: list[str], capsys) -> str:
     return out
 
 
+def run_tune_tiny(argv: list[str], archive: Path, cache: Path, run_dir: Path) -> None:
+    """A README tune command at the tiny size, in this process: the first depth, one trial per study, one final seed."""
+    from hydra import compose, initialize_config_module
+
+    from stacked_rnn import tune
+
+    overrides = [a for a in tiny(argv[3:], archive, cache) if a.partition("=")[0] not in TUNE_TINY]
+    with initialize_config_module("stacked_rnn.conf", version_base="1.3"):
+        cfg = compose("tune", overrides=[*overrides, *(f"{k}={v}" for k, v in TUNE_TINY.items())])
+    tune.run_tune(cfg, run_dir)
+    assert (run_dir / "tune_summary.md").exists() and (run_dir / "final" / "report.md").exists()
+
+
 def test_readme_quick_start_runs_end_to_end(tiny_archive, tmp_path, capsys):
     run_dir, sweep_dir, cache = tmp_path / "run", tmp_path / "sweep", tmp_path / "cache"
     commands = [split(c, run_dir, sweep_dir) for section, c in readme_commands(README.read_text())
@@ -220,6 +235,10 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
             run_module(argv, capsys)
             tools.append(name)
             continue
+        if name == "tune":
+            run_tune_tiny(argv, tiny_archive, cache, tmp_path / f"tune{i}")
+            tools.append(name)
+            continue
         assert name in ("train", "train -m"), f"README section {section!r}: no check for {shlex.join(argv)}"
         overrides = [a for a in argv[3:] if a != "-m" and not a.startswith("hydra.sweep.dir=")]
         overrides = [f"output_dir={a.partition('=')[2]}" if a.startswith("hydra.run.dir=") else a for a in overrides]
@@ -249,7 +268,7 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
     assert any("experiment=adding" in c and "model.residual=true" in c for c in trained), "a residual adding run"
     assert any("experiment=depth_study" in c for c in trained + checked), "the headline's depth study"
     assert any("hydra/launcher=slurm" in c for c in checked) and any("--cfg" in c for c in checked)
-    assert {"diagnostics", "report"} <= set(tools) and (sweep_dir / "report.md").exists()
+    assert {"diagnostics", "report", "tune"} <= set(tools) and (sweep_dir / "report.md").exists()
     assert any("logger=csv" in c for c in trained) and any("logger=mlflow" in c for c in trained)
     assert (tmp_path / "outputs" / "mlflow.db").exists(), "the README's logger=mlflow run wrote to the default store"
 
