@@ -18,6 +18,7 @@ Every probe is fit on training reviews and scored on test reviews, its penalty c
 the training reviews (folds grouped by review). Every probe is run again on the untrained model the run started
 from (the control: same shape, same seed): a score means something only as far as it beats the control's.
 `sweep=DIR` probes every job of a sweep that lacks probe_scales.json and averages the heatmaps over seeds.
+A character language model's run (task=lm, data=text_lm) is handed to stacked_rnn.probe_lm (probe_lm.json/png).
 """
 
 from __future__ import annotations
@@ -272,11 +273,16 @@ def run_probe(ckpt: str, max_reviews: int = 2000, out: str | None = None, scales
               **data_overrides) -> tuple[dict, dict]:
     """Probe a run's checkpoint and its untrained control; writes probe_scales.json/png and probe.json/png into the
     run folder (or out) and the figures to the run's TensorBoard. Returns both results (scale probes, final state).
-    `scales` are IMDB's window sizes; a task that states its own targets ignores them."""
+    `scales` are IMDB's window sizes; a task that states its own targets ignores them. A task=lm run is handed to
+    stacked_rnn.probe_lm.run_lm_probe (default sizes, these layers and seed) and its one result dict returned."""
     from hydra.utils import instantiate
 
     path = find_checkpoint(ckpt)
     model, data_state = load(path)
+    if model.hparams.task == "lm":  # a character language model: its own probes (stacked_rnn.probe_lm), one dict
+        from stacked_rnn.probe_lm import run_lm_probe
+
+        return run_lm_probe(str(path), out=out, layers=layers, sample_seed=sample_seed, **data_overrides)
     run_dir = run_folder(path)
     results = read_results(run_dir)
     config = results["config"]
@@ -434,7 +440,8 @@ def build_parser() -> RunParser:
                        "mean word polarity of the last w tokens (R^2) and the\nreview's label (accuracy) -> "
                        "probe_scales.json/png; from each layer's final state, the label ->\nprobe.json/png. sweep= "
                        "probes every job of a sweep that lacks probe_scales.json and writes\n"
-                       "probe_scales_summary.json and one heatmap per configuration (mean over seeds).", EXAMPLES,
+                       "probe_scales_summary.json and one heatmap per configuration (mean over seeds). A task=lm run\n"
+                       "gets the language-model probes: python -m stacked_rnn.probe_lm --help.", EXAMPLES,
                        require_ckpt=False)
     parser.add_key("sweep", "a sweep folder instead of ckpt=: probe its jobs and average over seeds", metavar="DIR")
     parser.add_key("jobs", "with sweep=: the job folders to include, a glob or globs joined by | (default: "
@@ -475,6 +482,11 @@ def print_run(result: dict, final: dict | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stacked_rnn import probe_lm
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if probe_lm.names_lm_run(argv):  # ckpt= names a task=lm run: the language-model probes and their options
+        return probe_lm.main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -67,3 +67,31 @@ def plot_scales(layers: list[str], columns: list[str], trained, control, differe
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_lm(layers: list[str], columns: list[str], trained, control, difference, chance, title: str):
+    """Language-model probes (stacked_rnn.probe_lm): heatmap, layers (top layer at the top) x targets, coloured by
+    trained - control accuracy on one scale; each cell shows the trained accuracy and the control's, each column
+    label its majority-class baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained, control, difference = (np.asarray(m, dtype=float)[::-1] for m in (trained, control, difference))
+    n_rows, n_cols = trained.shape
+    fig, ax = plt.subplots(figsize=(2.4 + 1.05 * n_cols, 1.4 + 0.62 * n_rows))
+    limit = max(float(np.nanmax(np.abs(difference))) if np.isfinite(difference).any() else 0.0, 0.02)
+    image = ax.imshow(difference, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for r in range(n_rows):
+        for c in range(n_cols):
+            colour = "white" if abs(difference[r, c]) > 0.6 * limit else "black"
+            ax.text(c, r, f"{trained[r, c]:.2f}", ha="center", va="bottom", fontsize=9, weight="bold", color=colour)
+            ax.text(c, r, f"ctl {control[r, c]:.2f}", ha="center", va="top", fontsize=6.5, color=colour)
+    ax.set_xticks(range(n_cols), [f"{col}\nchance {p:.2f}" for col, p in zip(columns, chance)], fontsize=8)
+    ax.set_yticks(range(n_rows), layers[::-1])
+    ax.set_xlabel("target at step t: the character k back, the position in the word, the word (at its end)")
+    fig.colorbar(image, ax=ax, label="trained - control (accuracy)", fraction=0.05, pad=0.02)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -448,7 +448,8 @@ def run(cfg: DictConfig, extra_callbacks=()) -> dict:
     if test_score is not None:
         log_hparams(trainer, model, results)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    if cfg.get("probe_after_fit") and checkpoint and metric == "acc":  # probe_scales.json/png, probe.json/png
+    # IMDB: probe_scales.json/png, probe.json/png; a language model: probe_lm.json/png
+    if cfg.get("probe_after_fit") and checkpoint and (metric == "acc" or cfg.data.get("task") == "lm"):
         from stacked_rnn.probe import run_probe
 
         run_probe(checkpoint)

@@ -13,6 +13,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -52,8 +53,14 @@ HIERARCHY_TINY = {"data.train_size": "64", "data.val_size": "32", "data.test_siz
                   "model.units": "8"}
 COPY_TINY = {"data.length": "10", "data.num_tokens_to_copy": "2", "data.train_size": "64", "data.val_size": "32",
              "data.test_size": "32", "data.batch_size": "16", "model.units": "8"}
+TINY_TEXT = Path(tempfile.gettempdir()) / "stacked_rnn_readme_verse.txt"  # the README's tiny Shakespeare, tiny
+TINY_TEXT.write_text("ROMEO: the cat sat on the mat.\nJULIET: the dog sat on the log.\n" * 40)
+LM_TINY = {"data.corpus": "file", "data.path": str(TINY_TEXT), "data.window": "16", "data.batch_size": "8",
+           "data.windows_per_epoch": "32", "data.eval_rows": "2", "data.eval_window": "32", "data.nano_windows": "8",
+           "data.nano_block": "8", "model.units": "8"}
 GENERATED = {"adding": ADDING_TINY, "adding_sweep": ADDING_TINY, "synthetic_reviews": HIERARCHY_TINY,
-             "hierarchy_study": HIERARCHY_TINY, "selective_copy": COPY_TINY, "copy_study": COPY_TINY}
+             "hierarchy_study": HIERARCHY_TINY, "selective_copy": COPY_TINY, "copy_study": COPY_TINY,
+             "text_lm": LM_TINY, "lm_study": LM_TINY}
 TUNE_TINY = {"tune.depths": "[1]", "tune.trials": "1", "tune.final_seeds": "1", "tune.n_jobs": "1"}
 TRAINER_TINY = {"trainer.max_epochs": "1", "trainer.accelerator": "cpu", "trainer.enable_progress_bar": "false",
                 "trainer.enable_model_summary": "false", "trainer.log_every_n_steps": "1"}
@@ -226,10 +233,18 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
     train.run(compose_config([*tiny([], tiny_archive, cache), f"output_dir={run_dir}"]))
     commands = [(section, split(c, run_dir, sweep_dir)) for section, c in readme_commands(README.read_text())
                 if section != "Quick start"]
-    trained, checked, tools, seen = [], [], [], set()
+    trained, checked, tools, seen, lm_run = [], [], [], set(), None
     for i, (section, argv) in enumerate(commands):
         name = name_of(argv)
         if name in SKIPPED:
+            continue
+        if name == "generate":  # on the README's language model, trained by the text_lm command above it
+            assert lm_run is not None, "the README shows generate before any data=text_lm run"
+            argv = [f"ckpt={lm_run}" if a.startswith("ckpt=") else a for a in argv]
+            capsys.readouterr()  # what the runs before it printed
+            written = run_module(argv, capsys)
+            assert written.startswith("ROMEO:") and len(written) > len("ROMEO:") + 300
+            tools.append(name)
             continue
         if name in ("predict", "probe", "diagnostics", "report"):
             run_module(argv, capsys)
@@ -260,6 +275,8 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
         seen.add(same)
         results = train.run(cfg)
         assert results["status"] == "ok", shlex.join(argv)
+        if results["metric"] == "bpc":
+            lm_run = cfg.output_dir
         assert (Path(cfg.output_dir) / "results.json").exists()
         trained.append(shlex.join(argv))
     capsys.readouterr()
@@ -268,7 +285,7 @@ def test_every_other_readme_train_command_trains_or_composes(tiny_archive, tmp_p
     assert any("experiment=adding" in c and "model.residual=true" in c for c in trained), "a residual adding run"
     assert any("experiment=depth_study" in c for c in trained + checked), "the headline's depth study"
     assert any("hydra/launcher=slurm" in c for c in checked) and any("--cfg" in c for c in checked)
-    assert {"diagnostics", "report", "tune"} <= set(tools) and (sweep_dir / "report.md").exists()
+    assert {"diagnostics", "report", "tune", "generate"} <= set(tools) and (sweep_dir / "report.md").exists()
     assert any("logger=csv" in c for c in trained) and any("logger=mlflow" in c for c in trained)
     assert (tmp_path / "outputs" / "mlflow.db").exists(), "the README's logger=mlflow run wrote to the default store"
 
