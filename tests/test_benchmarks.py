@@ -202,3 +202,14 @@ def test_hierarchy_baselines_give_the_lower_rule_half_and_the_level_rule_all(tmp
     [row] = __import__("json").loads((tmp_path / "rows.json").read_text())
     assert row["rules"]["2"] == 1.0 and row["rules"]["1"] == 0.5  # balanced by construction: exactly half
     assert abs(row["unigram"] - 0.5) < 0.05 and row["majority"] == 0.5
+
+
+def test_lm_vs_nanogpt_trains_each_candidate_for_its_wall_clock_and_scores_nanogpts_measure(tmp_path):
+    text = tmp_path / "verse.txt"
+    text.write_text("ROMEO: the cat sat on the mat.\nJULIET: the dog sat on the log.\n" * 400)
+    output = run_quick("lm_vs_nanogpt.py", "--data", str(text), "--out", str(tmp_path / "out"))
+    assert "best on validation: lstm2_small" in output and "against nanoGPT's 1.88" in output
+    result = json.loads((tmp_path / "out" / "lm_vs_nanogpt.json").read_text())
+    row = result["rows"][0]
+    assert row["params"] <= 0.8e6 and row["steps"] >= 5 and 0 < row["val_window_nats"] < 5
+    assert row["train_seconds"] < 60  # stopped by its 6-second max_time, not by steps
