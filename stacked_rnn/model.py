@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -73,9 +72,9 @@ def units_for_budget(budget: int, cell: str, layers: int, input_size: int, bidir
 
 
 class StackedRNNClassifier(L.LightningModule):
-    """A classifier (or regressor, tagger or language model: the data's task kind) over a stack of `layers` recurrent layers of `units`
-    each. With `param_budget` the width is chosen instead (units_for_budget) and `units` is ignored; hparams.units
-    holds the width used."""
+    """A classifier (or regressor, tagger or language model: the data's task kind) over a stack of `layers` recurrent
+    layers of `units` each. With `param_budget` the width is chosen instead (units_for_budget) and `units` is
+    ignored; hparams.units holds the width used."""
 
     def __init__(
         self,
@@ -109,10 +108,10 @@ class StackedRNNClassifier(L.LightningModule):
                              "(a bidirectional stack always packs)")
         if task not in TASK_KINDS:
             raise ValueError(f"task={task!r} is not a task kind: expected one of {TASKS}")
-        if bidirectional and task == "lm":
-            raise ValueError("bidirectional=True with task='lm': the backward direction would read the very "
-                             "characters the model has to predict")
         self.kind = TASK_KINDS[task]  # head width, loss, scores, predictions: stacked_rnn.task_kinds
+        if bidirectional and self.kind.causal:
+            raise ValueError(f"bidirectional=True with task={task!r}: the backward direction would read the very "
+                             "characters the model has to predict")
         outputs = self.kind.outputs(num_classes, num_tokens)
         if param_budget is not None:  # equal-parameter comparisons: the width follows from the budget
             units = units_for_budget(param_budget, cell, layers, input_dim or embed_dim, bidirectional, outputs, norm)
@@ -192,7 +191,7 @@ class StackedRNNClassifier(L.LightningModule):
         for small hidden sizes (unpacked input only) and needs no lengths on the host."""
         if self.hparams.bidirectional or self.hparams.pack == "always":
             return True
-        if self.kind.name == "lm":  # every window is full length: nothing to pack
+        if self.kind.causal:  # a language model's windows are all full length: nothing to pack
             return False
         return self.hparams.pack == "auto" and ids.is_cuda
 

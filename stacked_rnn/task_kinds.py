@@ -53,6 +53,7 @@ class TaskKind:
     per_step = False  # the head reads every step (B, T, C), not the pooled features (B, D*H)
     head_dropout = True
     scores_in_training = True
+    causal = False  # predicts what comes next at every step: full-length windows, never a backward direction
 
     def outputs(self, num_classes: int, num_tokens: int) -> int:
         """Width of the linear head."""
@@ -152,6 +153,7 @@ class LanguageModel(Tag):
 
     name = "lm"
     metrics = ("bpc", "window_nats")
+    causal = True
     scores_in_training = False  # train/loss is the training score; bpc = loss / ln 2
 
     def outputs(self, num_classes, num_tokens):

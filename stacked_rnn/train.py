@@ -37,7 +37,7 @@ from stacked_rnn.tasks.batches import TRUNCATE_CHOICES
 from stacked_rnn.tasks.imdb_corpus import VAL_SPLITS, DataError
 from stacked_rnn.loggers import MLFLOW_INSTALL, complete_mlflow, log_run_files, mlflow_installed, needs_mlflow, where
 from stacked_rnn.model import CELLS, INITS, LR_SCHEDULES, NORMS, PACKING, POOLS, units_for_budget
-from stacked_rnn.task_kinds import TASK_METRICS, TASKS
+from stacked_rnn.task_kinds import TASK_KINDS, TASK_METRICS, TASKS
 
 log = logging.getLogger("stacked_rnn")
 HPARAM_KEYS = ("cell", "layers", "units", "dropout", "bidirectional", "pool", "embed_dim", "lr")
@@ -126,7 +126,7 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
     check_param_budget(cfg)
-    if m.bidirectional is True and task == "lm":
+    if m.bidirectional is True and task in TASK_KINDS and TASK_KINDS[task].causal:
         raise ConfigError("model.bidirectional=true is not allowed with a language model (data.task=lm): the "
                           "backward direction would read the characters the model has to predict")
     if m.bidirectional is True and m.pack == "never":

@@ -36,7 +36,7 @@ def text_file(tmp_path_factory):
 
 
 def lm_overrides(path, out, *extra):
-    return [f"data.corpus=file", f"data.path={path}", f"output_dir={out}", "data=text_lm", "data.window=32",
+    return ["data.corpus=file", f"data.path={path}", f"output_dir={out}", "data=text_lm", "data.window=32",
             "data.batch_size=16", "data.windows_per_epoch=320", "data.eval_rows=4", "data.eval_window=64",
             "data.nano_windows=40", "data.nano_block=16", "model.units=24", "model.embed_dim=8", "model.init=torch",
             "model.embed_dropout=0.0", "model.head_dropout=0.0", "model.dropout=0.0", "model.lr=1e-2",
