@@ -205,3 +205,10 @@ def test_a_language_model_refuses_bidirectional_before_any_work(text_file, tmp_p
     with pytest.raises(train.ConfigError, match="model.bidirectional=true is not allowed with a language model"):
         train.run(compose_config(lm_overrides(text_file, tmp_path, "model.bidirectional=true")))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_budget_too_small_for_the_vocabulary_wide_head_is_a_clear_error(text_file, tmp_path):
+    with pytest.raises(train.ConfigError, match=r"model.param_budget=50 is too small: gru x 2 layers"):
+        train.run(compose_config(lm_overrides(text_file, tmp_path, "model.param_budget=50",
+                                              "model.layers=2")))
+    assert not (tmp_path / "checkpoints").exists()
