@@ -51,8 +51,14 @@ def job_row(job_dir: Path) -> dict | None:
         results = json.loads(results_file.read_text())
         config = results.get("config") or {}
     elif config_file.is_file():
-        results = {"status": "failed", "reason": "no results.json: the job crashed or was killed"}
-        config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        results = {"status": "failed", "reason": "no results.json: the job crashed, was killed or is still running"}
+        loaded = OmegaConf.load(config_file)
+        config = OmegaConf.to_container(loaded, resolve=False)
+        for key in ("metric", "data.metric_mode"):  # `metric: ${oc.select:data.metric,acc}` names the task's metric
+            try:
+                results[key.rsplit(".", 1)[-1]] = OmegaConf.select(loaded, key)
+            except Exception:  # an interpolation that needs Hydra's runtime: leave it to the defaults below
+                pass
     else:
         return None
     model, data = config.get("model", {}), config.get("data", {})

@@ -236,3 +236,21 @@ def test_tuned_sweeps_compare_the_tuned_configurations_and_plot_convergence(tmp_
     events = EventAccumulator(str(tmp_path / "report"))
     events.Reload()
     assert {"report/convergence", "report/accuracy_vs_depth"} <= set(events.Tags()["images"])
+
+
+def test_a_running_or_crashed_job_counts_under_its_tasks_metric_read_through_the_configs_interpolation(tmp_path):
+    """A job without results.json has only its unresolved .hydra/config.yaml: `metric: ${oc.select:data.metric,acc}`
+    must resolve to the task's metric (bpc here), so that a half-finished sweep still reports as one task."""
+    finished = tmp_path / "cell=lstm,layers=1,seed=0"
+    finished.mkdir()
+    (finished / "results.json").write_text(json.dumps({
+        "status": "ok", "metric": "bpc", "metric_mode": "min", "best_val_bpc": 2.40, "test_bpc": 2.60,
+        "num_params": 1000, "seconds_per_epoch": 2.0, "config": {"seed": 0, "model": {"cell": "lstm", "layers": 1}}}))
+    running = tmp_path / "cell=lstm,layers=2,seed=0" / ".hydra"
+    running.mkdir(parents=True)
+    (running / "config.yaml").write_text("metric: ${oc.select:data.metric,acc}\noutput_dir: ${hydra:runtime.output_dir}\n"
+                                         "data:\n  metric: bpc\n  metric_mode: min\n"
+                                         "model:\n  cell: lstm\n  layers: 2\n  units: 38\n")
+    rows = report.write_report(tmp_path, tensorboard=False)
+    assert [r["status"][:6] for r in rows] == ["ok", "failed"] and rows[1]["metric"] == "bpc"
+    assert rows[1]["metric_mode"] == "min" and "still running" in rows[1]["status"]
