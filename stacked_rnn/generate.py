@@ -55,7 +55,7 @@ def generate(model: StackedRNNClassifier, data_state: dict, prompt: str, length:
              top_k: int = 0, seed: int = 0) -> str:
     """The continuation (without the prompt) of `length` characters. Runs in eval mode on the model's device and
     leaves the model's mode as it was; the draw uses its own generator, so the global RNG is untouched."""
-    if model.hparams.task != "lm" or data_state.get("tokenizer") != "chars":
+    if not model.kind.causal or data_state.get("tokenizer") != "chars":
         raise CheckpointError(f"this checkpoint is not a character-level language model (task={model.hparams.task}): "
                               "train one with data=text_lm")
     generator = torch.Generator(device=model.device).manual_seed(seed)

@@ -213,16 +213,23 @@ class StackedRNNClassifier(L.LightningModule):
         out, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         return out  # (B, T, D*H)
 
-    def run_layers(self, x: torch.Tensor, lengths: torch.Tensor, layers) -> list[torch.Tensor]:
+    def run_layers(self, x: torch.Tensor, lengths: torch.Tensor | None, layers,
+                   states: list | None = None) -> list[torch.Tensor]:
         """Each layer's output sequence (B, T, D*H), running single-layer modules one at a time: dropout
         between layers as the fused module applies it, with norm=layer a LayerNorm on what each layer reads, and
         with residual=true x_{l+1} = x_l + layer_l(x_l) from the second layer on (the first changes width from the
-        input's to D*H)."""
+        input's to D*H). With `states` (one start state per layer, None: zeros) the full-length x runs unpacked from
+        them, and each entry is replaced by its layer's state after the last step, detached (a language model's
+        stream)."""
         outputs = []
         for k, layer in enumerate(layers):
             inp = x if k == 0 else self.layer_dropout(outputs[-1])
             read = self.norms[k](inp) if self.norms is not None else inp
-            out = self.run_module(layer, read, lengths)  # (B, T, D*H)
+            if states is None:
+                out = self.run_module(layer, read, lengths)  # (B, T, D*H)
+            else:
+                out, state = layer(read, states[k])  # (B, T, D*H)
+                states[k] = tree_detach(state)
             outputs.append(out + inp if self.hparams.residual and k > 0 else out)
         return outputs
 
@@ -242,14 +249,8 @@ class StackedRNNClassifier(L.LightningModule):
         if self.stack is None:
             out, state = self.rnn(x, state)
             return out, tree_detach(state)
-        states, outputs = [], []
-        for k, layer in enumerate(self.stack):
-            inp = x if k == 0 else self.layer_dropout(outputs[-1])
-            read = self.norms[k](inp) if self.norms is not None else inp
-            out, layer_state = layer(read, None if state is None else state[k])  # (B, T, D*H)
-            outputs.append(out + inp if self.hparams.residual and k > 0 else out)
-            states.append(tree_detach(layer_state))
-        return self.head_norm(outputs[-1]), states
+        states = list(state) if state is not None else [None] * len(self.stack)
+        return self.head_norm(self.run_layers(x, None, self.stack, states)[-1]), states
 
     def forward_with_state(self, ids: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
         """Per-step logits (B, T, C) of full-length ids from `state`, and the state after the last step."""

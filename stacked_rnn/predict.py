@@ -48,7 +48,7 @@ def predict(model: StackedRNNClassifier, data_state: dict, texts: list[str], bat
     if not data_state.get("vocab"):
         raise CheckpointError("this model reads real-valued features, not text (e.g. data=adding): predict has no "
                               "vocabulary to encode text with")
-    lm = model.hparams.task == "lm"
+    lm = model.kind.causal  # a language model scores each text by its own next characters
     encoded = [encode_text(t, data_state, truncate=not lm) for t in texts]  # a language model reads texts whole
     was_training, out = model.training, []
     model.eval()

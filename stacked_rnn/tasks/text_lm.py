@@ -24,15 +24,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from stacked_rnn.tasks.batches import to_device_keeping_lengths
-from stacked_rnn.tasks.imdb_corpus import (IMDB_SHA256, IMDB_URL, DataError, decode_review, default_cache_dir,
-                                           download, resolve_source)
+from stacked_rnn.tasks.imdb_corpus import (IMDB_SHA256, IMDB_URL, PAD, UNK, UNK_ID, DataError, decode_review,
+                                           default_cache_dir, download, resolve_source)
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 CORPORA = ("tiny_shakespeare", "imdb", "file")
-PAD, UNK = "<pad>", "<unk>"
-UNK_ID = 1
-FIRST_CHAR_ID = 2
+FIRST_CHAR_ID = UNK_ID + 1  # <pad> (0) and <unk> (1) as in every text task, then the characters
 
 
 def read_corpus(corpus: str, path: str | None, archive: str | None, root: str | None, url: str | None,
@@ -155,6 +153,7 @@ class TextLMDataModule(L.LightningDataModule):
         self.order_seed = seed if order_seed is None else order_seed
         self.vocab: list[str] = []
         self.splits: dict[str, torch.Tensor] = {}  # each split's character ids (N,)
+        self._text: str | None = None  # the corpus as prepare_data read it, until setup splits it
         self.datasets: dict[str, RandomWindows] = {}
 
     @property
@@ -162,7 +161,9 @@ class TextLMDataModule(L.LightningDataModule):
         return len(self.vocab)
 
     def prepare_data(self) -> None:
-        self.text()  # download (once) on rank 0
+        """Download (once, on rank 0) and read the corpus; setup() in the same process uses the text read here
+        instead of reading it again (IMDB's corpus is a whole archive)."""
+        self._text = self.text()
 
     def text(self) -> str:
         corpus, path, archive, root, url, sha256 = self.source
@@ -174,7 +175,8 @@ class TextLMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        text = self.text()
+        text = self._text if self._text is not None else self.text()  # DDP's other ranks read it here
+        self._text = None  # the splits hold what is needed
         cut = int(len(text) * self.train_fraction)
         held_out = len(text) - cut
         parts = {"train": text[:cut], "val": text[cut : cut + held_out // 2], "test": text[cut + held_out // 2 :]}
