@@ -354,6 +354,9 @@ def log_hparams(trainer: L.Trainer, model, results: dict) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics)  # the HPARAMS tab pairs them
+            # Lightning closed the writer after testing, so these went to a new events file whose background
+            # writer flushes only every 120 s: flush now, so that a reader (a test, TensorBoard) finds them
+            logger.experiment.flush()
         else:
             logger.log_hyperparams(hparams)
             logger.log_metrics(metrics, step=trainer.global_step)
