@@ -21,11 +21,13 @@ def columns(rows: list[dict], metric: str) -> tuple[str, ...]:
     return cols
 
 
-def fmt(value) -> str:
+def fmt(value, score: bool = False) -> str:
+    """A table cell: scores (best_val_*, test_*) always with 4 decimals (a bpc or MSE above 1 included), other
+    floats with 4 up to 1 and 1 above (seconds)."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) <= 1 else f"{value:.1f}"
+        return f"{value:.4f}" if score or abs(value) <= 1 else f"{value:.1f}"
     if isinstance(value, int) and value >= 10000:
         return f"{value:,}"
     return str(value)
@@ -34,7 +36,8 @@ def fmt(value) -> str:
 def markdown_table(rows: list[dict], metric: str) -> str:
     cols = columns(rows, metric)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row.get(c)).replace("|", "/") for c in cols) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row.get(c), score=c.startswith(("best_val_", "test_"))).replace("|", "/")
+                                for c in cols) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -254,3 +254,13 @@ def test_a_running_or_crashed_job_counts_under_its_tasks_metric_read_through_the
     rows = report.write_report(tmp_path, tensorboard=False)
     assert [r["status"][:6] for r in rows] == ["ok", "failed"] and rows[1]["metric"] == "bpc"
     assert rows[1]["metric_mode"] == "min" and "still running" in rows[1]["status"]
+
+
+def test_every_job_table_keeps_four_decimals_of_a_score_above_one(tmp_path):
+    """A bpc of 2.4129 must not print as 2.4 (the rounding meant for seconds), or seeds 0.05 apart look equal."""
+    for seed, (val, test) in enumerate([(2.41291, 2.57592), (2.40237, 2.56748)]):
+        fake_job(tmp_path, f"cell=gru,layers=1,seed={seed}", val, test, seed=seed, metric="bpc")
+    report.write_report(tmp_path, tensorboard=False)
+    every_job = (tmp_path / "report.md").read_text().split("## Every job")[1]
+    assert "| 2.4129 | 2.5759 |" in every_job and "| 2.4024 | 2.5675 |" in every_job
+    assert "| 2.0 |" in every_job  # seconds per epoch keep their one decimal
