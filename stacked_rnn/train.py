@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -318,6 +319,16 @@ def check_resumable(path: Path, model) -> None:
                           "same model and data settings")
 
 
+def hydra_override(key: str, value) -> str:
+    """key=value as Hydra's command line reads it: a value with characters of the override grammar (a multirun job
+    folder such as cell=gru,layers=4) goes in single quotes, its quotes and the backslashes before them escaped."""
+    text = str(value)
+    if re.fullmatch(r"[\w/.:~+@-]*", text):
+        return f"{key}={text}"
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    return f"{key}='{text}'"
+
+
 def resume_command(cfg: DictConfig) -> str:
     """The command line that continues this run from its last.ckpt."""
     overrides = ["<same overrides>"]
@@ -325,7 +336,7 @@ def resume_command(cfg: DictConfig) -> str:
         overrides = [o for o in HydraConfig.get().overrides.task
                      if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
     if not any(o.startswith("output_dir=") for o in overrides):
-        overrides.append(f"hydra.run.dir={cfg.output_dir}")
+        overrides.append(hydra_override("hydra.run.dir", cfg.output_dir))
     return shlex.join(["python", "-m", "stacked_rnn.train", *overrides, "ckpt_path=last"])
 
 

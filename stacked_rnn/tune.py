@@ -416,7 +416,7 @@ def run_jobs(fn, jobs: list[dict], n_jobs: int, log_file: Path) -> None:
 
 def resume_command(run_dir: Path, overrides) -> str:
     overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
-    return shlex.join(["python", "-m", "stacked_rnn.tune", *overrides, f"hydra.run.dir={run_dir}"])
+    return shlex.join(["python", "-m", "stacked_rnn.tune", *overrides, train.hydra_override("hydra.run.dir", run_dir)])
 
 
 def run_tune(cfg: DictConfig, run_dir: Path, overrides=("<same overrides>",)) -> Path:

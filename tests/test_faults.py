@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import CodePayload, compose_config, signal_overrides, tiny_overrides
 from stacked_rnn import train
@@ -84,6 +85,16 @@ def test_second_ctrl_c_stops_at_once_without_saving(tiny_archive, tmp_path):
         train.run(tiny_cfg(tiny_archive, tmp_path, "run", *signal_overrides(signal.SIGINT, at_step=3, times=2)))
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # no save from a half-finished step
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("folder", ["run", "cell=gru,layers=4,lr=0.01,seed=1", "it's [a] b", "C:\\"])
+def test_the_resume_command_names_a_multirun_job_folder_as_hydra_reads_it(folder):
+    """A multirun job folder holds '=' and ',': unquoted, Hydra rejects the printed hydra.run.dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    output_dir = f"/outputs/sweep/{folder}"
+    command = shlex.split(train.resume_command(OmegaConf.create({"output_dir": output_dir})))
+    assert command[-1] == "ckpt_path=last" and command[-2].startswith("hydra.run.dir=")
+    assert OverridesParser.create().parse_override(command[-2]).value() == output_dir
 
 
 @pytest.mark.slow  # a CLI process (~10 s); the in-process tests above cover the same code
