@@ -301,8 +301,8 @@ def requeued_checkpoint(cfg: DictConfig) -> Path | None:
     return None
 
 
-def check_resumable(path: Path, model) -> None:
-    """Refuse a checkpoint that is not a plain-data training checkpoint of this same model."""
+def check_resumable(path: Path, model) -> int:
+    """Refuse a checkpoint that is not a plain-data training checkpoint of this same model; return its step."""
     try:  # weights_only: tensors and plain containers only, never a class named inside the file
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -317,6 +317,7 @@ def check_resumable(path: Path, model) -> None:
     if changed:
         raise ConfigError(f"ckpt_path={path} was trained with other settings ({'; '.join(changed)}): resume with the "
                           "same model and data settings")
+    return int(checkpoint.get("global_step", 0))
 
 
 def hydra_override(key: str, value) -> str:
@@ -405,8 +406,9 @@ def run(cfg: DictConfig, extra_callbacks=()) -> dict:
             raise ConfigError(f"model.{err.__cause__}") from err
         raise
     cfg.model.units = model.hparams.units  # the width in use (chosen by model.param_budget when set), as recorded
+    resumed_from_step = 0  # a resumed run times only the steps it trains itself
     if ckpt_path:
-        check_resumable(ckpt_path, model)
+        resumed_from_step = check_resumable(ckpt_path, model)
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resuming
         if cfg.data.get("bucket"):  # ExactResume makes the seeded sampler resumable
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
@@ -418,6 +420,7 @@ def run(cfg: DictConfig, extra_callbacks=()) -> dict:
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         best_val = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         epochs = trainer.current_epoch
+        timed_epochs = epochs * (1 - resumed_from_step / max(trainer.global_step, 1))  # the epochs this process ran
         history = list(next(c for c in trainer.callbacks if isinstance(c, History)).epochs)  # test() reloads callbacks
         metric = cfg.get("metric", "acc")  # as the task describes itself: acc (IMDB), mse (adding), token_acc, ...
         test_score, test_scores = None, {}
@@ -450,8 +453,9 @@ def run(cfg: DictConfig, extra_callbacks=()) -> dict:
         "train_seconds": round(train_seconds, 2),
         "epochs": epochs,
         "best_epoch": best_epoch(history, metric, cfg.data.get("metric_mode", "max")),
-        "seconds_per_epoch": round(train_seconds / max(epochs, 1), 2),
-        "train_samples_per_second": round(epochs * samples_per_epoch(datamodule) / train_seconds, 1),
+        "resumed_from_step": resumed_from_step,  # train_seconds covers the steps from here on
+        "seconds_per_epoch": round(train_seconds / timed_epochs, 2) if timed_epochs > 0 else None,
+        "train_samples_per_second": round(timed_epochs * samples_per_epoch(datamodule) / train_seconds, 1),
         "data_seconds": round(data_seconds, 2),  # fetch + tokenise (cold) or read the token cache (warm)
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),

@@ -494,8 +494,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (train.Interrupted, KeyboardInterrupt) as err:
-        print(f"interrupted ({err or 'Ctrl-C'}): rerun the same command with hydra.run.dir="
-              f"{hydra_cfg.runtime.output_dir} to go on", file=sys.stderr)
+        print(f"interrupted ({err or 'Ctrl-C'}): rerun the same command with "
+              f"{train.hydra_override('hydra.run.dir', hydra_cfg.runtime.output_dir)} to go on", file=sys.stderr)
         sys.exit(128 + getattr(err, "signum", 2))
 
 

@@ -77,6 +77,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_archive, tmp_path, u
     assert resumed["history"] == uninterrupted["history"]  # epochs before the stop come from the checkpoint
     assert resumed["best_val_acc"] == uninterrupted["best_val_acc"]
     assert resumed["test_acc"] == uninterrupted["test_acc"]
+    # timing covers the steps each process ran: 12 in all, the resumed run from its checkpoint's step on
+    assert uninterrupted["resumed_from_step"] == 0
+    assert uninterrupted["seconds_per_epoch"] == pytest.approx(uninterrupted["train_seconds"] / 2, abs=0.01)
+    step = {"epoch 1, step 6": 6, "epoch 0, step 3": 3}[stopped_at]
+    assert resumed["resumed_from_step"] == step
+    assert resumed["seconds_per_epoch"] == pytest.approx(resumed["train_seconds"] / (2 * (12 - step) / 12), abs=0.01)
 
 
 def test_second_ctrl_c_stops_at_once_without_saving(tiny_archive, tmp_path):
